@@ -1,0 +1,93 @@
+"""gentrain's engine: a plugin host for training generative models.
+
+Everything that is a model, a loss or a training behaviour is a plugin. A
+plugin is a module (or object) with functions marked :data:`hookimpl`, made
+known through an entry point in the group ``gentrain``:
+
+.. code-block:: toml
+
+    # your package's pyproject.toml
+    [project.entry-points.gentrain]
+    mymodel = "mymodel.plugin"
+
+.. code-block:: python
+
+    # mymodel/plugin.py
+    from dataclasses import dataclass
+    import engine
+
+    @dataclass(frozen=True)
+    class TinyConfig(engine.ModelConfig):
+        hidden: engine.PositiveInt = 32
+
+    class Tiny(engine.Model):
+        def __init__(self, config, data):
+            super().__init__(config, data)
+            self.net = torch.nn.Linear(data.numel, data.numel)
+        def training_step(self, batch, phase):
+            x, _ = batch
+            return {"loss": torch.nn.functional.mse_loss(self.net(x.flatten(1)), x.flatten(1))}
+
+    @engine.hookimpl
+    def gentrain_register_models(registry):
+        registry.add("tiny", Tiny, TinyConfig)
+
+Then ``gentrain plugins`` lists it and ``gentrain fit model.name=tiny`` trains it.
+The hooks are documented in :mod:`engine.hookspecs`; what a model implements
+in :class:`engine.Model`; the checks every model should pass in
+:mod:`engine.testing`.
+"""
+
+from __future__ import annotations
+
+from engine.api import FitResult, fit, prepare
+from engine.config import (
+    LossName,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Probability,
+    RunConfig,
+    resolve,
+)
+from engine.data import ImageData
+from engine.errors import CheckpointError, ConfigError, DataError, GentrainError, PluginError, TrainingError
+from engine.hookspecs import hookimpl
+from engine.losses import get_loss
+from engine.model import Batch, DataSpec, Model, ModelConfig, Phase
+from engine.plugins import PluginManager, load_plugins
+from engine.registry import Registry
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "DataSpec",
+    "FitResult",
+    "GentrainError",
+    "ImageData",
+    "LossName",
+    "Model",
+    "ModelConfig",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "Phase",
+    "PluginError",
+    "PluginManager",
+    "PositiveFloat",
+    "PositiveInt",
+    "Probability",
+    "Registry",
+    "RunConfig",
+    "TrainingError",
+    "fit",
+    "get_loss",
+    "hookimpl",
+    "load_plugins",
+    "prepare",
+    "resolve",
+]

@@ -1,0 +1,141 @@
+"""What a checkpoint holds and how it is written and read.
+
+A checkpoint is one file, ``checkpoints/step=000000120.pt``, holding a dict:
+
+======================  =====================================================
+``format``              checkpoint format version (:data:`FORMAT`)
+``model_name``          registered model name
+``model``               the model's ``state_dict`` (DDP wrappers removed)
+``optimizers``          ``{name: optimizer.state_dict()}``
+``scalers``             ``{name: GradScaler.state_dict()}`` (fp16 only)
+``epoch``               the epoch to run next
+``step``                global steps done
+``batch_in_epoch``      batches of ``epoch`` already consumed (sampler position)
+``rng``                 per-rank RNG states: torch, CUDA, numpy, Python
+``config``              the resolved run config as a plain dict
+``plugins``             ``{plugin name: version}`` of the writing process
+``metrics``             the last reported metrics
+``plugin_state``        what plugins stored from ``gentrain_on_save_checkpoint``
+======================  =====================================================
+
+Files are written to a temporary name, flushed to disk and renamed, so a crash
+mid-write never leaves a truncated file under a checkpoint's name. They are
+read with ``torch.load(weights_only=True)``: a file carrying pickled code is
+refused, never executed.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.errors import CheckpointError
+
+FORMAT = 1
+_NAME = re.compile(r"^step=(\d+)\.pt$")
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step={step:09d}.pt"
+
+
+def save(state: dict[str, Any], directory: str | Path) -> Path:
+    """Write ``state`` atomically as ``directory/step=<step>.pt``; return the path."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / checkpoint_name(int(state["step"]))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    # Make the rename itself durable.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint safely; any problem becomes a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds Python objects other than tensors and plain "
+            f"containers, which could run code when loaded ({str(e).splitlines()[0]})"
+        ) from e
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupt: {str(e).splitlines()[0]}") from e
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path} is not a gentrain checkpoint of format {FORMAT}")
+    return state
+
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """Checkpoint files in ``directory``, oldest step first (temporary files are ignored)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(directory: str | Path) -> Path | None:
+    """The newest checkpoint written in ``directory``, or ``None``."""
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def prune(directory: str | Path, keep: int) -> None:
+    """Delete all but the ``keep`` newest checkpoints."""
+    for path in list_checkpoints(directory)[:-keep]:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------
+# RNG state as plain tensors and lists (loadable with weights_only=True)
+# ---------------------------------------------------------------------------
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG states in a form ``torch.load(weights_only=True)`` accepts."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

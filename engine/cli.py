@@ -1,0 +1,97 @@
+"""``gentrain``: the command line.
+
+::
+
+    gentrain fit [CONFIG.yaml | RECIPE.py] [key.path=value ...]
+    gentrain plugins
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ConfigError, GentrainError
+
+
+def load_config_source(source: str | None) -> dict[str, Any]:
+    """A config dict from a YAML file, a recipe script (its ``CONFIG`` dict), or nothing."""
+    if source is None:
+        return {}
+    path = Path(source)
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise ConfigError.one("<recipe>", source, "no such file")
+        spec = importlib.util.spec_from_file_location(f"gentrain_recipe_{path.stem}", path)
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # a recipe's main() runs only under __main__
+        config = getattr(module, "CONFIG", None)
+        if not isinstance(config, dict):
+            raise ConfigError.one("<recipe>", source, "a recipe used as a config must define a dict CONFIG")
+        return config
+    from engine.config import read_yaml
+
+    return read_yaml(path)
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from engine.api import fit
+
+    source, overrides = args.config, list(args.overrides)
+    # `gentrain fit model.name=ae ...` has no file: the first word is an override.
+    if source is not None and "=" in source and not Path(source).exists():
+        source, overrides = None, [source, *overrides]
+    result = fit(load_config_source(source), overrides)
+    print(f"run directory: {result.run_dir}")
+    if result.checkpoint is not None:
+        print(f"last checkpoint: {result.checkpoint}")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from engine.plugins import current
+
+    pm = current()
+    registries = (("models", pm.models), ("losses", pm.losses), ("datasets", pm.datasets))
+    for name, info in sorted(pm.info.items(), key=lambda kv: (not kv[1].builtin, kv[0])):
+        origin = "built-in" if info.builtin else (info.dist or "GENTRAIN_PLUGINS")
+        print(f"{name} {info.version} ({origin}: {info.module})")
+        for label, registry in registries:
+            entries = registry.by_plugin(name)
+            if entries:
+                print(f"  {label}: " + ", ".join(e.name + (f" [{e.kind}]" if e.kind else "") for e in entries))
+        events = [h for h in info.hooks if h.startswith("gentrain_on_") or h == "gentrain_make_optimizer"]
+        if events:
+            print("  trainer hooks: " + ", ".join(events))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gentrain", description="Train generative models with plugins and Ray.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("fit", help="train a model", description="Train a model from a config and dotted overrides.")
+    p.add_argument("config", nargs="?", help="a YAML config or a recipe .py defining CONFIG (optional)")
+    p.add_argument("overrides", nargs="*", help="key.path=value, e.g. trainer.epochs=5 model.latent_dim=32")
+    p.set_defaults(func=cmd_fit)
+    p = sub.add_parser("plugins", help="list plugins and what they registered")
+    p.set_defaults(func=cmd_plugins)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except GentrainError as e:
+        print(f"gentrain: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,461 @@
+"""The typed run config: YAML in and out, dotted overrides, validation.
+
+A run config is a handful of sections, each a frozen dataclass::
+
+    model:    {name: vae, latent_dim: 20, ...}      # name + the model's own config fields
+    data:     {name: shapes, val_fraction: 0.1, ...} # name + the dataset's own config fields
+    optim:    {algo: adam, lr: 1e-3, per_optimizer: {disc: {lr: 4e-4}}}
+    trainer:  {epochs: 10, batch_size: 64, precision: "32", ...}
+    scaling:  {num_workers: 0, use_gpu: false, ...}
+    run:      {name: null, output_dir: runs, resume: auto}
+    callbacks: {progress: true, sample_every: 1, ...}
+
+Validation uses pydantic on plain dataclasses (types, ``Annotated`` bounds,
+``Literal`` choices); unknown keys are refused with close-name suggestions.
+Every problem is reported as ``section.field = value: what is allowed`` in one
+:class:`~engine.errors.ConfigError`, before any training or Ray start.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, TypeAdapter, ValidationError
+
+from engine.errors import ConfigError, suggest
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+@dataclass(frozen=True)
+class LossName:
+    """Marks a model-config field that names a registered loss of ``kind``.
+
+    ``recon_loss: Annotated[str, LossName("reconstruction")] = "bce"`` makes
+    the engine check the name against the loss registry (with suggestions)
+    before training.
+    """
+
+    kind: str
+
+
+# ---------------------------------------------------------------------------
+# sections owned by the engine
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """Optimizer settings; ``per_optimizer`` overrides them for one optimizer name."""
+
+    algo: Literal["adam", "adamw", "sgd", "rmsprop"] = "adam"
+    lr: PositiveFloat = 1e-3
+    betas: tuple[Probability, Probability] = (0.9, 0.999)
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: NonNegativeFloat = 0.0
+    eps: PositiveFloat = 1e-8
+    per_optimizer: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def for_optimizer(self, name: str) -> OptimConfig:
+        """The settings of optimizer ``name``: these, with its ``per_optimizer`` entry applied."""
+        return dataclasses.replace(self, **self.per_optimizer.get(name, {}), per_optimizer={})
+
+
+@dataclass(frozen=True)
+class TrainerConfig:
+    """How the loop runs. ``batch_size`` is per worker (the global batch is ``batch_size × num_workers``)."""
+
+    epochs: PositiveInt = 10
+    max_steps: PositiveInt | None = None
+    batch_size: PositiveInt = 64
+    accumulate_grad_batches: PositiveInt = 1
+    clip_grad_norm: PositiveFloat | None = None
+    precision: Literal["32", "bf16", "fp16"] = "32"
+    seed: int = 0
+    val_every: PositiveInt = 1
+    checkpoint_every: PositiveInt = 1
+    keep_checkpoints: PositiveInt = 3
+    log_every: PositiveInt = 50
+    nan_policy: Literal["raise", "skip"] = "raise"
+    num_threads: PositiveInt | None = None
+    deterministic: bool = False
+
+
+@dataclass(frozen=True)
+class ScalingConfig:
+    """Where the loop runs. ``num_workers=0`` runs it in this process, without Ray."""
+
+    num_workers: NonNegativeInt = 0
+    use_gpu: bool = False
+    cpus_per_worker: PositiveFloat = 1.0
+    gpus_per_worker: NonNegativeFloat | None = None
+    resources_per_worker: dict[str, NonNegativeFloat] = field(default_factory=dict)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: NonNegativeInt = 3
+    start_timeout_s: PositiveFloat = 60.0
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """Naming and storage. A rerun with the same ``name`` resumes (``resume: auto``)."""
+
+    name: str | None = None
+    output_dir: str = "runs"
+    resume: Literal["auto", "never", "must"] = "auto"
+
+
+@dataclass(frozen=True)
+class CallbacksConfig:
+    """Options of the built-in trainer plugins (progress, logging, grids, early stopping)."""
+
+    progress: bool = True
+    csv: bool = True
+    tensorboard: bool = True
+    sample_every: NonNegativeInt = 1
+    num_samples: PositiveInt = 64
+    early_stopping_metric: str | None = None
+    early_stopping_mode: Literal["min", "max"] = "min"
+    early_stopping_patience: PositiveInt = 3
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Engine-owned data fields; the dataset's own fields live in ``params``."""
+
+    name: str = "shapes"
+    root: str | None = None
+    download: bool = False
+    val_fraction: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
+    limit: PositiveInt | None = None
+    split_seed: int = 0
+    loader: Literal["auto", "memory", "dataloader"] = "auto"
+    loader_workers: NonNegativeInt = 0
+    params: Any = None
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    name: str
+    params: Any
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole, validated run config. Build it with :func:`resolve` (or :func:`load`)."""
+
+    model: ModelSection
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    run: RunSection = field(default_factory=RunSection)
+    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (lists, not tuples): what YAML, Ray and checkpoints carry."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, ModelSection):
+                out[f.name] = {"name": value.name, **_plain(value.params)}
+            elif isinstance(value, DataConfig):
+                d = _plain(value)
+                params = d.pop("params") or {}
+                out[f.name] = {**d, **params}
+            else:
+                out[f.name] = _plain(value)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml())
+
+    def replace(self, overrides: Mapping[str, Any] | Iterable[str]) -> RunConfig:
+        """A new validated config with dotted overrides applied (``{"optim.lr": 1e-4}``)."""
+        raw = self.to_dict()
+        items = overrides.items() if isinstance(overrides, Mapping) else parse_overrides(overrides).items()
+        for key, value in items:
+            set_dotted(raw, key, value)
+        return resolve(raw)
+
+
+_SECTIONS: dict[str, type] = {
+    "optim": OptimConfig,
+    "trainer": TrainerConfig,
+    "scaling": ScalingConfig,
+    "run": RunSection,
+    "callbacks": CallbacksConfig,
+}
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------
+
+_adapters: dict[type, TypeAdapter[Any]] = {}
+
+
+def validate_dataclass(cls: type, raw: Any, prefix: str) -> tuple[Any, list[tuple[str, object, str]]]:
+    """Build ``cls`` from the dict ``raw``; return ``(instance or None, problems)``.
+
+    Unknown keys, wrong types and out-of-range values each become one
+    ``(field, value, allowed)`` problem with ``prefix`` in front of the field.
+    """
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        return None, [(prefix.rstrip("."), raw, "must be a mapping of field: value")]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    problems: list[tuple[str, object, str]] = []
+    for key in raw:
+        if key not in names:
+            problems.append(
+                (f"{prefix}{key}", raw[key], f"unknown field{suggest(str(key), names)}; known: {', '.join(names)}")
+            )
+    if problems:
+        return None, problems
+    adapter = _adapters.get(cls)
+    if adapter is None:
+        adapter = _adapters[cls] = TypeAdapter(cls)
+    try:
+        return adapter.validate_python(dict(raw)), []
+    except ValidationError as e:
+        for err in e.errors():
+            loc = [str(p) for p in err["loc"]]
+            # Keep the path into the data, drop pydantic's union-member tags.
+            path = loc[:1] + [p for p in loc[1:] if p.isdigit() or p in _nested_keys(raw, loc[0])]
+            allowed = err["msg"].replace("Input should be", "must be")
+            problems.append((prefix + ".".join(path), err.get("input"), allowed))
+        return None, problems
+    except (TypeError, ValueError) as e:  # raised by a dataclass's own __post_init__
+        return None, [(prefix.rstrip("."), dict(raw), str(e))]
+
+
+def _nested_keys(raw: Mapping[str, Any], key: str) -> set[str]:
+    value = raw.get(key)
+    return {str(k) for k in value} if isinstance(value, Mapping) else set()
+
+
+def loss_fields(cls: type) -> dict[str, LossName]:
+    """Fields of a config class annotated with :class:`LossName`."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    out: dict[str, LossName] = {}
+    for name, hint in hints.items():
+        for arg in _walk_annotated(hint):
+            if isinstance(arg, LossName):
+                out[name] = arg
+    return out
+
+
+def _walk_annotated(hint: Any) -> Iterable[Any]:
+    if typing.get_origin(hint) is Annotated:
+        yield from hint.__metadata__
+        yield from _walk_annotated(typing.get_args(hint)[0])
+    else:
+        for arg in typing.get_args(hint):
+            yield from _walk_annotated(arg)
+
+
+def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
+    """Validate a plain dict (from YAML, a recipe, Ray) into a :class:`RunConfig`.
+
+    :param plugins: the :class:`~engine.plugins.PluginManager` whose registries
+        name the models, datasets and losses; default :func:`engine.plugins.current`.
+    :raises ConfigError: listing every problem found.
+    """
+    from engine import plugins as plugins_mod
+
+    pm = plugins if plugins is not None else plugins_mod.current()
+    if not isinstance(raw, Mapping):
+        raise ConfigError.one("<config>", raw, "must be a mapping of section: {field: value}")
+    known = ["model", "data", *_SECTIONS]
+    problems: list[tuple[str, object, str]] = []
+    for key in raw:
+        if key not in known:
+            problems.append(
+                (str(key), raw[key], f"unknown section{suggest(str(key), known)}; known: {', '.join(known)}")
+            )
+
+    sections: dict[str, Any] = {}
+    for key, cls in _SECTIONS.items():
+        sections[key], found = validate_dataclass(cls, raw.get(key), f"{key}.")
+        problems += found
+    optim = sections.get("optim")
+    if optim is not None:
+        for name, over in optim.per_optimizer.items():
+            allowed = {f.name: f for f in dataclasses.fields(OptimConfig) if f.name != "per_optimizer"}
+            base = {k: v for k, v in _plain(optim).items() if k in allowed}
+            _, found = validate_dataclass(OptimConfig, {**base, **over}, f"optim.per_optimizer.{name}.")
+            problems += found
+
+    model_raw = dict(raw.get("model") or {})
+    model_name = model_raw.pop("name", None)
+    model = None
+    if model_name is None:
+        problems.append(("model.name", None, f"required; one of: {', '.join(pm.models.names()) or 'none registered'}"))
+    else:
+        try:
+            entry = pm.models.get(model_name)
+        except ConfigError as e:
+            problems += e.problems
+        else:
+            params, found = _validate_params(entry.config_cls, model_raw, "model.", pm)
+            problems += found
+            model = ModelSection(model_name, params)
+
+    data_raw = dict(raw.get("data") or {})
+    engine_keys = {f.name for f in dataclasses.fields(DataConfig)} - {"params"}
+    data_name = data_raw.get("name", DataConfig.name)
+    data = None
+    try:
+        dentry = pm.datasets.get(data_name)
+    except ConfigError as e:
+        problems += e.problems
+    else:
+        own = {k: v for k, v in data_raw.items() if k in engine_keys}
+        rest = {k: v for k, v in data_raw.items() if k not in engine_keys}
+        params, found = _validate_params(dentry.config_cls, rest, "data.", pm, extra_known=sorted(engine_keys))
+        problems += found
+        base, found = validate_dataclass(DataConfig, own, "data.")
+        problems += found
+        if base is not None and not found:
+            data = dataclasses.replace(base, params=params)
+
+    if problems:
+        raise ConfigError(problems)
+    assert model is not None
+    assert data is not None
+    return RunConfig(model=model, data=data, **sections)
+
+
+def _validate_params(
+    cls: type | None, raw: dict[str, Any], prefix: str, pm: Any, extra_known: list[str] | None = None
+) -> tuple[Any, list[tuple[str, object, str]]]:
+    if cls is None:
+        if raw:
+            key = next(iter(raw))
+            return None, [(prefix + key, raw[key], "unknown field; this entry takes no options")]
+        return None, []
+    instance, problems = validate_dataclass(cls, raw, prefix)
+    if extra_known:
+        for i, (fieldname, value, allowed) in enumerate(problems):
+            if allowed.startswith("unknown field"):
+                key = fieldname[len(prefix) :]
+                names = [f.name for f in dataclasses.fields(cls)] + extra_known
+                problems[i] = (fieldname, value, f"unknown field{suggest(key, names)}; known: {', '.join(names)}")
+    if instance is not None:
+        for fname, marker in loss_fields(cls).items():
+            value = getattr(instance, fname)
+            if value is None:
+                continue
+            try:
+                pm.losses.get(value, kind=marker.kind)
+            except ConfigError as e:
+                problems += [(prefix + fname, v, a) for _, v, a in e.problems]
+    return instance, problems
+
+
+# ---------------------------------------------------------------------------
+# YAML and dotted overrides
+# ---------------------------------------------------------------------------
+
+
+def parse_value(text: str) -> Any:
+    """Parse an override's value the way YAML would (``1e-3`` -> float, ``[1,2]`` -> list)."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    # YAML 1.1 reads "1e-3" as a string; users mean a float.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["model.latent_dim=32", "trainer.epochs=5"]`` -> ``{"model.latent_dim": 32, ...}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError.one(item, item, "overrides are written key.path=value, e.g. trainer.epochs=5")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``raw["a"]["b"]["c"] = value`` for ``key = "a.b.c"``, creating dicts on the way."""
+    parts = key.split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError.one(".".join(parts[: i + 1]), child, f"is not a section, so {key} cannot be set")
+        node = child
+    node[parts[-1]] = value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file; errors name the file and line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError.one("<config file>", str(path), "no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError.one("<config file>", str(path), f"is not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError.one("<config file>", str(path), "must hold a mapping of section: {field: value}")
+    return data
+
+
+def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two config dicts; ``over`` wins."""
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def build_raw(
+    base: Mapping[str, Any] | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()
+) -> dict[str, Any]:
+    """A raw config dict: ``base`` (a dict or nothing) with dotted overrides applied."""
+    raw = copy.deepcopy(dict(base or {}))
+    items = overrides.items() if isinstance(overrides, Mapping) else parse_overrides(overrides).items()
+    for key, value in items:
+        set_dotted(raw, key, value)
+    return raw

@@ -1,0 +1,218 @@
+"""Every hook gentrain calls, grouped by phase.
+
+Implementations are marked with :data:`engine.hookimpl` and may accept any
+subset of a spec's arguments (pluggy passes them by name), so hooks can gain
+arguments without breaking existing plugins.
+
+Three kinds of hook live here:
+
+* **registration** hooks run once per process, on every rank, right after the
+  plugins are loaded; they fill a :class:`~engine.registry.Registry`;
+* **factory** hooks (``firstresult``) stop at the first implementation that
+  returns something other than ``None``;
+* **event** hooks are broadcast to every plugin at a fixed point of the
+  training loop; their return values are ignored. They run on **every rank**:
+  an implementation that writes files or prints checks ``trainer.is_rank_zero``.
+
+The order in which the loop fires the event hooks is written out as
+pseudocode in the README ("The training loop") and checked by
+``tests/engine/test_loop.py::test_hook_order``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.loop import Trainer
+    from engine.registry import Registry
+
+PROJECT = "gentrain"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# ---------------------------------------------------------------------------
+# registration hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gentrain_register_models(registry: Registry[Any]) -> None:
+    """Register model classes.
+
+    Called once per process (on the driver and on every worker) after all
+    plugins are loaded. Call ``registry.add(name, ModelClass, ModelConfigClass)``
+    where ``ModelClass`` subclasses :class:`engine.Model` and
+    ``ModelConfigClass`` is a ``@dataclass``.
+
+    :param registry: the model registry; adding a name twice raises
+        :class:`~engine.errors.PluginError` naming both plugins.
+    """
+
+
+@hookspec
+def gentrain_register_losses(registry: Registry[Any]) -> None:
+    """Register named loss functions that model configs refer to by name.
+
+    Called once per process after all plugins are loaded. Call
+    ``registry.add(name, fn, kind=KIND)``; the built-in kinds and the
+    signature each expects are listed in :mod:`engine.losses`.
+
+    :param registry: the loss registry.
+    """
+
+
+@hookspec
+def gentrain_register_datasets(registry: Registry[Any]) -> None:
+    """Register datasets selected by ``data.name``.
+
+    Called once per process after all plugins are loaded. Call
+    ``registry.add(name, factory, ConfigClass)`` where
+    ``factory(config, root) -> engine.data.ImageData``.
+
+    :param registry: the dataset registry.
+    """
+
+
+# ---------------------------------------------------------------------------
+# factory hooks
+# ---------------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def gentrain_make_optimizer(name: str, params: list[torch.nn.Parameter], config: Any) -> torch.optim.Optimizer | None:
+    """Build the optimizer called ``name`` of the model (``"gen"``, ``"disc"``, ...).
+
+    Called once per optimizer on every rank, after the model is built and moved
+    to its device and before any checkpoint is loaded. Stops at the first
+    non-``None`` result; the engine's own implementation runs last and builds
+    the ``torch.optim`` class named by ``config.algo``.
+
+    :param name: the optimizer's name as returned by ``Model.optimizers()``.
+    :param params: the parameters it updates.
+    :param config: the resolved :class:`engine.config.OptimConfig` for it.
+    :return: an optimizer, or ``None`` to leave it to the next plugin.
+    """
+
+
+# ---------------------------------------------------------------------------
+# trainer events (broadcast, every rank, return ignored)
+# ---------------------------------------------------------------------------
+
+
+@hookspec
+def gentrain_on_fit_start(trainer: Trainer) -> None:
+    """Called once per run on every rank, after the model, optimizers and data
+    are ready and any checkpoint is loaded, before the first epoch.
+
+    ``trainer.epoch`` / ``trainer.step`` already hold the resumed position.
+    """
+
+
+@hookspec
+def gentrain_on_train_epoch_start(trainer: Trainer, epoch: int) -> None:
+    """Called on every rank at the start of each training epoch.
+
+    :param epoch: the 0-based epoch about to run.
+    """
+
+
+@hookspec
+def gentrain_on_train_batch_start(trainer: Trainer, step: int, batch: Any) -> None:
+    """Called on every rank before each training step (one pass over all phases).
+
+    :param step: the global 0-based step about to run.
+    :param batch: the first batch the step will use, ``(images, labels)``.
+    """
+
+
+@hookspec
+def gentrain_on_before_optimizer_step(trainer: Trainer, phase: str, optimizer: torch.optim.Optimizer) -> None:
+    """Called on every rank after a phase's backward pass (gradients synchronised
+    and unscaled, not yet clipped) and before its optimizer steps.
+
+    Inspect gradients here; do not step or zero the optimizer.
+
+    :param phase: the phase name (``"train"``, ``"disc"``, ``"gen"``, ...).
+    :param optimizer: the optimizer about to step.
+    """
+
+
+@hookspec
+def gentrain_on_train_batch_end(trainer: Trainer, step: int, losses: dict[str, torch.Tensor]) -> None:
+    """Called on every rank after each training step.
+
+    :param step: the global 0-based step that just ran.
+    :param losses: detached scalar tensors of this rank, keys prefixed by phase
+        (``"disc/loss"``, ``"gen/loss"``; a single-phase model's keys are bare).
+        Converting them to floats synchronises the device: do it every few steps.
+    """
+
+
+@hookspec
+def gentrain_on_train_epoch_end(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+    """Called on every rank at the end of each training epoch, after its
+    validation pass (if one ran) and before its checkpoint is written.
+
+    :param epoch: the 0-based epoch that just ended (``trainer.epoch`` is ``epoch + 1``).
+    :param metrics: epoch means of the training losses averaged over ranks
+        (``"train/..."``), the validation metrics (``"val/..."``), ``"epoch"``
+        and ``"step"``: what is logged and reported to Ray.
+    """
+
+
+@hookspec
+def gentrain_on_validation_start(trainer: Trainer, epoch: int) -> None:
+    """Called on every rank before the validation pass of an epoch."""
+
+
+@hookspec
+def gentrain_on_validation_end(trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+    """Called on every rank after the validation pass of an epoch.
+
+    :param metrics: the epoch's metrics so far: training means (``"train/..."``)
+        and ``Model.validation_step`` outputs averaged over the whole validation
+        set and over ranks (``"val/..."``). Plugins may add entries (a sample
+        score, say), which are then logged and reported with the rest.
+        Set ``trainer.should_stop = True`` to end training after this epoch.
+    """
+
+
+@hookspec
+def gentrain_on_save_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Called on every rank while a checkpoint is assembled, before rank 0 writes it.
+
+    Store plugin state under ``state["plugins"][<your plugin name>]``; values
+    must be tensors, numbers, strings, lists or dicts (checkpoints are read with
+    ``torch.load(weights_only=True)``).
+
+    :param state: the checkpoint dict being assembled.
+    """
+
+
+@hookspec
+def gentrain_on_load_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Called on every rank after a checkpoint was loaded into the model,
+    optimizers and RNGs, before ``gentrain_on_fit_start``.
+
+    :param state: the checkpoint dict that was read.
+    """
+
+
+@hookspec
+def gentrain_on_fit_end(trainer: Trainer) -> None:
+    """Called once on every rank after the last epoch (or an early stop), after
+    the final checkpoint is written. Not called when training raised."""
+
+
+@hookspec
+def gentrain_on_exception(trainer: Trainer, error: BaseException) -> None:
+    """Called on every rank when training raises, before the error propagates.
+
+    :param error: the exception; it is re-raised after all plugins ran.
+    """

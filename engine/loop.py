@@ -1,0 +1,549 @@
+"""The per-worker training loop: plain PyTorch, read top to bottom.
+
+:func:`train` is what every worker runs, in this process (``num_workers=0``)
+or as Ray Train's ``train_loop_per_worker``. It never assumes it is alone:
+rank, world size, device and reporting come from a :class:`WorkerEnv`.
+
+The hooks fire in this order (also in the README, and checked by
+``tests/engine/test_loop.py::test_hook_order``)::
+
+    [gentrain_on_load_checkpoint]                 if resuming
+    gentrain_on_fit_start
+    for epoch:
+        gentrain_on_train_epoch_start
+        for step:
+            gentrain_on_train_batch_start
+            for phase in model.phases(), for repeat:
+                training_step -> backward
+                gentrain_on_before_optimizer_step
+            gentrain_on_train_batch_end
+        gentrain_on_validation_start              every val_every epochs
+        gentrain_on_validation_end
+        gentrain_on_train_epoch_end
+        gentrain_on_save_checkpoint               every checkpoint_every epochs
+    gentrain_on_fit_end
+    gentrain_on_exception                         if anything raised
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from engine import checkpoint as ckpt
+from engine.builtin import apply_hyperparameters
+from engine.config import RunConfig, resolve
+from engine.data import ImageData, load_data, make_loader, split
+from engine.errors import CheckpointError, ConfigError, TrainingError
+from engine.model import Batch, Model, Phase, _BatchNoise
+from engine.plugins import PluginManager, current
+
+
+@dataclass
+class WorkerEnv:
+    """Where this copy of the loop runs. The base class is the single in-process worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        """Hand the epoch's metrics (and the checkpoint rank 0 wrote, if any) to the launcher."""
+
+    def resume_checkpoint(self) -> Path | None:
+        """A checkpoint the launcher wants this run resumed from (Ray's registered one), if any."""
+        return None
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over ranks, in place."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def wrap_ddp(self, module: nn.Module) -> nn.Module:
+        return module
+
+
+class Trainer:
+    """The state of a run, as the trainer hooks see it.
+
+    Plugins read ``config``, ``model``, ``optimizers``, ``epoch``, ``step``,
+    ``rank``, ``is_rank_zero``, ``run_dir``, ``data_spec`` and ``metrics``,
+    and may set ``should_stop``.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plugins: PluginManager,
+        env: WorkerEnv,
+        model: Model,
+        optimizers: dict[str, torch.optim.Optimizer],
+        run_dir: Path,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.env = env
+        self.model = model
+        self.optimizers = optimizers
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self.run_dir = run_dir
+        self.data_spec = model.data
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self.metrics: dict[str, float] = {}
+        self.should_stop = False
+        self.skipped_steps = 0
+        self.ddp: dict[str, nn.Module] = {}
+        self.raw: dict[str, nn.Module] = {}
+        self.last_checkpoint: Path | None = None
+        self.fixed_batch: Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def fire(self, hookname: str, **kwargs: Any) -> None:
+        self.plugins.fire(hookname, trainer=self, **kwargs)
+
+    @contextlib.contextmanager
+    def unwrapped(self) -> Iterator[Model]:
+        """The model with its plain sub-networks in place of DDP wrappers (eval, sampling, saving)."""
+        for name, module in self.raw.items():
+            setattr(self.model, name, module)
+        try:
+            yield self.model
+        finally:
+            for name, module in self.ddp.items():
+                setattr(self.model, name, module)
+
+
+# ---------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------
+
+
+def train(
+    config_dict: dict[str, Any], env: WorkerEnv | None = None, plugins: PluginManager | None = None
+) -> dict[str, float]:
+    """Run one training run on this worker; return the last metrics.
+
+    :param config_dict: the resolved run config as a plain dict (what Ray carries).
+    :param env: rank, device and reporting; default: the single in-process worker.
+    :param plugins: default: this process's plugin manager (each Ray worker loads its own).
+    """
+    env = env or WorkerEnv()
+    plugins = plugins or current()
+    config = resolve(config_dict, plugins)
+    t = config.trainer
+    if t.num_threads:
+        torch.set_num_threads(t.num_threads)
+    if t.deterministic:
+        torch.use_deterministic_algorithms(True)
+    # Same seed on every rank: every replica starts from the same weights
+    # (DDP would broadcast rank 0's anyway, but non-DDP state must match too).
+    seed_everything(t.seed)
+
+    # -- data ----------------------------------------------------------------
+    dataset = load_data(config.data, plugins)
+    train_set, val_set = split(dataset, config.data)
+    check_batch_size(train_set, t.batch_size * env.world_size * t.accumulate_grad_batches)
+    loader_args = dict(seed=t.seed, rank=env.rank, world_size=env.world_size, device=env.device)
+    train_loader = make_loader(train_set, config.data, t.batch_size, train=True, **loader_args)  # type: ignore[arg-type]
+    val_loader = make_loader(val_set, config.data, t.batch_size, train=False, **loader_args)  # type: ignore[arg-type]
+
+    # -- model and optimizers ------------------------------------------------
+    entry = plugins.models.get(config.model.name)
+    model: Model = entry.obj(config.model.params, dataset.spec).to(env.device)
+    phases = model.phases()
+    param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.optimizers().items()}
+    check_phases(phases, param_groups)
+    optimizers = {
+        name: plugins.hook.gentrain_make_optimizer(name=name, params=params, config=config.optim.for_optimizer(name))
+        for name, params in param_groups.items()
+    }
+    trainer = Trainer(config, plugins, env, model, optimizers, run_dir_of(config))
+    if t.precision == "fp16":
+        trainer.scalers = {name: torch.amp.GradScaler(env.device.type) for name in optimizers}
+    # Each sub-network is its own DDP module, so a phase that uses D only to
+    # score G's output does not leave D's reducer waiting for gradients.
+    for name, module in model.ddp_modules().items():
+        trainer.raw[name] = module
+        trainer.ddp[name] = env.wrap_ddp(module)
+        setattr(model, name, trainer.ddp[name])
+    phase_modules = modules_per_phase(trainer, phases, param_groups)
+
+    # -- resume --------------------------------------------------------------
+    resume_from = find_resume(trainer, env)
+    if resume_from is not None:
+        restore(trainer, ckpt.load(resume_from))
+    else:
+        # Per-rank streams for dropout and other torch.rand calls.
+        seed_everything(t.seed + 7919 * env.rank)
+    noise = _BatchNoise(t.seed, env.rank, env.world_size)
+    model._noise = noise
+    if trainer.is_rank_zero:
+        trainer.run_dir.mkdir(parents=True, exist_ok=True)
+        config.save(trainer.run_dir / "config.yaml")
+
+    # A fixed batch of held-out images for reconstruction grids.
+    trainer.fixed_batch = next(iter(val_loader if len(val_set) else train_loader))[0][:32]
+    autocast = autocast_context(t.precision, env.device)
+    steps_per_epoch = len(train_loader) // batches_per_step(phases, t.accumulate_grad_batches)
+    if steps_per_epoch == 0:
+        raise ConfigError.one(
+            "trainer.batch_size",
+            t.batch_size,
+            f"one step needs {batches_per_step(phases, t.accumulate_grad_batches)} batches per worker "
+            f"but an epoch has {len(train_loader)}",
+        )
+
+    try:
+        trainer.fire("gentrain_on_fit_start")
+        model.train()
+        while trainer.epoch < t.epochs and not trainer.should_stop:
+            epoch = trainer.epoch
+            trainer.fire("gentrain_on_train_epoch_start", epoch=epoch)
+            train_loader.set_epoch(epoch)
+            batches = train_loader.iter_from(trainer.batch_in_epoch)
+            sums: dict[str, Tensor] = {}
+            n_steps = 0
+            for _ in range(
+                trainer.batch_in_epoch // batches_per_step(phases, t.accumulate_grad_batches), steps_per_epoch
+            ):
+                if t.max_steps is not None and trainer.step >= t.max_steps:
+                    trainer.should_stop = True
+                    break
+                noise.reseed(trainer.step)
+                losses = train_step(trainer, phases, phase_modules, batches, autocast)
+                for k, v in losses.items():
+                    sums[k] = sums[k] + v if k in sums else v.clone()
+                n_steps += 1
+                trainer.step += 1
+                trainer.batch_in_epoch += batches_per_step(phases, t.accumulate_grad_batches)
+
+            # -- end of epoch: validation, metrics, checkpoint, report -----
+            trainer.epoch += 1
+            trainer.batch_in_epoch = 0
+            metrics = reduce_means(env, sums, n_steps, prefix="train/")
+            last = trainer.epoch >= t.epochs or trainer.should_stop
+            if (trainer.epoch % t.val_every == 0 or last) and len(val_set) > 0:
+                trainer.fire("gentrain_on_validation_start", epoch=epoch)
+                metrics.update(validate(trainer, val_loader, autocast))
+                trainer.fire("gentrain_on_validation_end", epoch=epoch, metrics=metrics)
+            metrics.update(epoch=float(trainer.epoch), step=float(trainer.step))
+            trainer.metrics = metrics
+            trainer.fire("gentrain_on_train_epoch_end", epoch=epoch, metrics=metrics)
+            written = None
+            if trainer.epoch % t.checkpoint_every == 0 or trainer.epoch >= t.epochs or trainer.should_stop:
+                written = save_checkpoint(trainer)
+            env.report(metrics, written)
+        trainer.fire("gentrain_on_fit_end")
+    except BaseException as error:
+        trainer.fire("gentrain_on_exception", error=error)
+        raise
+    return trainer.metrics
+
+
+def train_step(
+    trainer: Trainer,
+    phases: list[Phase],
+    phase_modules: dict[str, set[str]],
+    batches: Iterator[Batch],
+    autocast: contextlib.AbstractContextManager[Any] | Any,
+) -> dict[str, Tensor]:
+    """One step: every phase of the model, each ``repeats`` times. Returns detached losses."""
+    t = trainer.config.trainer
+    k = t.accumulate_grad_batches
+    model = trainer.model
+    micro: list[Batch] = []
+    out: dict[str, Tensor] = {}
+    first = True
+    for phase in phases:
+        optimizer = trainer.optimizers[phase.optimizer_name]
+        for _ in range(phase.repeats):
+            if phase.new_batch or not micro:
+                micro = [next(batches) for _ in range(k)]
+            if first:
+                trainer.fire("gentrain_on_train_batch_start", step=trainer.step, batch=micro[0])
+                first = False
+            optimizer.zero_grad(set_to_none=True)
+            phase_losses: dict[str, Tensor] = {}
+            for i, batch in enumerate(micro):
+                # Gradients are all-reduced only on the last micro-batch, and
+                # only for the sub-networks this phase updates.
+                with sync_context(trainer, phase_modules[phase.name], last=i == k - 1), autocast:
+                    losses = model.training_step(batch, phase.name)
+                    loss = losses["loss"] / k
+                scaler = trainer.scalers.get(phase.optimizer_name)
+                (scaler.scale(loss) if scaler else loss).backward()
+                for name, value in losses.items():
+                    v = value.detach().float() / k
+                    phase_losses[name] = phase_losses[name] + v if name in phase_losses else v
+            if not check_finite(trainer, phase, phase_losses):
+                optimizer.zero_grad(set_to_none=True)
+                continue
+            scaler = trainer.scalers.get(phase.optimizer_name)
+            if scaler is not None:
+                scaler.unscale_(optimizer)
+            trainer.fire("gentrain_on_before_optimizer_step", phase=phase.name, optimizer=optimizer)
+            if t.clip_grad_norm is not None:
+                params = [p for g in optimizer.param_groups for p in g["params"]]
+                torch.nn.utils.clip_grad_norm_(params, t.clip_grad_norm)
+            if scaler is not None:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            prefix = f"{phase.name}/" if len(phases) > 1 else ""
+            out.update({prefix + name: v for name, v in phase_losses.items()})
+    trainer.fire("gentrain_on_train_batch_end", step=trainer.step, losses=out)
+    return out
+
+
+def validate(trainer: Trainer, loader: Any, autocast: Any) -> dict[str, float]:
+    """Average ``validation_step`` over this rank's share of the validation set, then over ranks."""
+    sums: dict[str, Tensor] = {}
+    count = torch.zeros((), dtype=torch.float64, device=trainer.device)
+    with trainer.unwrapped() as model:
+        model.eval()
+        with torch.no_grad(), autocast:
+            for batch in loader:
+                n = batch[0].shape[0]
+                for k, v in model.validation_step(batch).items():
+                    s = v.detach().double() * n
+                    sums[k] = sums[k] + s if k in sums else s
+                count += n
+        model.train()
+    return reduce_sums(trainer.env, sums, count, prefix="val/")
+
+
+# ---------------------------------------------------------------------------
+# pieces of the loop
+# ---------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def run_dir_of(config: RunConfig) -> Path:
+    if config.run.name is None:
+        raise ConfigError.one("run.name", None, "must be set before training starts (engine.fit sets a default)")
+    return Path(config.run.output_dir).expanduser().resolve() / config.run.name
+
+
+def batches_per_step(phases: list[Phase], accumulate: int) -> int:
+    draws = sum(p.repeats for p in phases if p.new_batch)
+    return max(draws, 1) * accumulate
+
+
+def check_batch_size(train_set: ImageData, global_batch: int) -> None:
+    if global_batch > len(train_set):
+        raise ConfigError.one(
+            "trainer.batch_size",
+            global_batch,
+            f"the global batch (batch_size × workers × accumulate_grad_batches) exceeds the "
+            f"{len(train_set)} training images",
+        )
+
+
+def check_phases(phases: list[Phase], param_groups: dict[str, list[nn.Parameter]]) -> None:
+    for phase in phases:
+        if phase.optimizer_name not in param_groups:
+            raise TrainingError(
+                f"phase {phase.name!r} steps optimizer {phase.optimizer_name!r}, but optimizers() "
+                f"returned only {sorted(param_groups)}"
+            )
+        if phase.repeats < 1:
+            raise TrainingError(f"phase {phase.name!r} has repeats={phase.repeats}; it must be at least 1")
+    for name, params in param_groups.items():
+        if not params:
+            raise TrainingError(f"optimizer {name!r} has no trainable parameters")
+
+
+def modules_per_phase(
+    trainer: Trainer, phases: list[Phase], param_groups: dict[str, list[nn.Parameter]]
+) -> dict[str, set[str]]:
+    """For each phase, the DDP sub-networks holding parameters its optimizer updates."""
+    owned = {name: {id(p) for p in module.parameters()} for name, module in trainer.raw.items()}
+    covered = set().union(*owned.values()) if owned else set()
+    if trainer.world_size > 1:
+        loose = [n for n, p in trainer.model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if loose:
+            raise TrainingError(
+                f"parameters {loose[:5]} are in no module returned by ddp_modules(), so DDP would not "
+                "synchronise them; put them in a sub-module or override ddp_modules()"
+            )
+    out = {}
+    for phase in phases:
+        ids = {id(p) for p in param_groups[phase.optimizer_name]}
+        out[phase.name] = {name for name, params in owned.items() if params & ids}
+    return out
+
+
+@contextlib.contextmanager
+def sync_context(trainer: Trainer, trained: set[str], *, last: bool) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for name, module in trainer.ddp.items():
+            if module is not trainer.raw[name] and (not last or name not in trained):
+                stack.enter_context(module.no_sync())  # type: ignore[operator]
+        yield
+
+
+def autocast_context(precision: str, device: torch.device) -> Any:
+    if precision == "32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> bool:
+    """Apply ``trainer.nan_policy`` to a phase's losses; ``False`` means skip this update."""
+    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).item()}
+    if not bad:
+        return True
+    where = f"step {trainer.step}, epoch {trainer.epoch}, phase {phase.name!r}"
+    if trainer.config.trainer.nan_policy == "raise":
+        raise TrainingError(
+            f"non-finite loss at {where}: {bad}; lower the learning rate, set trainer.clip_grad_norm, "
+            "or set trainer.nan_policy=skip to skip such updates"
+        )
+    trainer.skipped_steps += 1
+    if trainer.skipped_steps > 100:
+        raise TrainingError(f"training diverged: more than 100 updates skipped for non-finite losses (last at {where})")
+    return False
+
+
+def reduce_means(env: WorkerEnv, sums: dict[str, Tensor], n: int, prefix: str) -> dict[str, float]:
+    count = torch.tensor(float(n), dtype=torch.float64, device=env.device)
+    return reduce_sums(env, {k: v.double() for k, v in sums.items()}, count, prefix)
+
+
+def reduce_sums(env: WorkerEnv, sums: dict[str, Tensor], count: Tensor, prefix: str) -> dict[str, float]:
+    keys = sorted(sums)
+    # Every rank must reduce the same keys in the same order.
+    packed = torch.stack([sums[k].to(env.device, torch.float64) for k in keys] + [count.to(env.device)])
+    env.all_reduce(packed)
+    total = float(packed[-1])
+    if total == 0:
+        return {}
+    return {prefix + k: float(v) / total for k, v in zip(keys, packed[:-1].tolist(), strict=True)}
+
+
+# ---------------------------------------------------------------------------
+# checkpoints
+# ---------------------------------------------------------------------------
+
+
+def find_resume(trainer: Trainer, env: WorkerEnv) -> Path | None:
+    """The checkpoint to resume from: the newest written in the run directory.
+
+    Ray's registered checkpoint can lag behind what rank 0 wrote, so the run
+    directory, on shared storage, is the source of truth.
+    """
+    mode = trainer.config.run.resume
+    found = ckpt.latest(trainer.checkpoint_dir) or env.resume_checkpoint()
+    if mode == "never":
+        return None
+    if mode == "must" and found is None:
+        raise CheckpointError(
+            f"run.resume=must but no checkpoint exists in {trainer.checkpoint_dir}; "
+            "check run.name and run.output_dir, or use run.resume=auto"
+        )
+    return found
+
+
+def save_checkpoint(trainer: Trainer) -> Path | None:
+    """Assemble the state on every rank (RNG states are gathered); rank 0 writes it."""
+    rng = trainer.env.all_gather(ckpt.rng_state())
+    with trainer.unwrapped() as model:
+        state: dict[str, Any] = {
+            "format": ckpt.FORMAT,
+            "model_name": trainer.config.model.name,
+            "model": model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in trainer.optimizers.items()},
+            "scalers": {n: s.state_dict() for n, s in trainer.scalers.items()},
+            "epoch": trainer.epoch,
+            "step": trainer.step,
+            "batch_in_epoch": trainer.batch_in_epoch,
+            "rng": rng,
+            "world_size": trainer.world_size,
+            "config": trainer.config.to_dict(),
+            "plugins": trainer.plugins.versions(),
+            "metrics": dict(trainer.metrics),
+            "plugin_state": {},
+        }
+    trainer.fire("gentrain_on_save_checkpoint", state=state)
+    if not trainer.is_rank_zero:
+        return None
+    path = ckpt.save(state, trainer.checkpoint_dir)
+    ckpt.prune(trainer.checkpoint_dir, trainer.config.trainer.keep_checkpoints)
+    trainer.last_checkpoint = path
+    return path
+
+
+def restore(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Load a checkpoint into the trainer; hyperparameters stay those of the current config."""
+    name = state.get("model_name")
+    if name != trainer.config.model.name:
+        raise CheckpointError(f"checkpoint is of model {name!r}, but this run trains {trainer.config.model.name!r}")
+    with trainer.unwrapped() as model:
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"checkpoint does not fit this model (was the model config changed?): {str(e).splitlines()[0]}"
+            ) from e
+    for n, opt in trainer.optimizers.items():
+        opt.load_state_dict(state["optimizers"][n])
+        apply_hyperparameters(opt, trainer.config.optim.for_optimizer(n))
+    for n, scaler in trainer.scalers.items():
+        if n in state.get("scalers", {}):
+            scaler.load_state_dict(state["scalers"][n])
+    trainer.epoch = int(state["epoch"])
+    trainer.step = int(state["step"])
+    trainer.batch_in_epoch = int(state["batch_in_epoch"])
+    trainer.metrics = dict(state.get("metrics", {}))
+    rngs = state.get("rng", [])
+    if len(rngs) == trainer.world_size:
+        ckpt.set_rng_state(rngs[trainer.rank])
+    else:
+        # A different world size cannot continue the same random streams.
+        seed_everything(trainer.config.trainer.seed + 7919 * trainer.rank + trainer.step)
+    trainer.fire("gentrain_on_load_checkpoint", state=state)

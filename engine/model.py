@@ -1,0 +1,177 @@
+"""What a model author implements: :class:`Model`, :class:`ModelConfig`, :class:`Phase`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.errors import ConfigError
+
+Batch = tuple[Tensor, Tensor]
+"""A batch is ``(images, labels)``: float images in ``[0, 1]``, shape ``N×C×H×W``, int64 labels ``N``."""
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What a model needs to know about its data to size itself."""
+
+    shape: tuple[int, int, int]
+    """``(channels, height, width)``."""
+    num_classes: int | None = None
+    """Number of label classes, or ``None`` for unlabeled data."""
+    name: str = ""
+
+    @property
+    def numel(self) -> int:
+        c, h, w = self.shape
+        return c * h * w
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Base class for model configs (optional: any ``@dataclass`` works).
+
+    Fields are validated by type and by ``Annotated`` constraints
+    (``Annotated[int, Field(gt=0)]``) before anything is built; override
+    :meth:`check` for rules that need the data (image shape, classes).
+    """
+
+    def check(self, data: DataSpec) -> None:
+        """Raise :class:`~engine.errors.ConfigError` if this config cannot work on ``data``.
+
+        Called on the driver before any worker starts; field names in errors
+        are relative to the model section (``"arch"`` becomes ``model.arch``).
+        """
+
+    def fail(self, field: str, value: object, allowed: str) -> ConfigError:
+        """Build the error :meth:`check` raises: ``raise self.fail("arch", "conv", "...")``."""
+        return ConfigError.one(f"model.{field}", value, allowed)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One kind of update in a training step.
+
+    A step runs every phase of ``Model.phases()`` in order, each ``repeats``
+    times (a WGAN critic: ``Phase("disc", repeats=5)``). For each repeat the
+    loop zeroes the phase's optimizer, calls ``training_step(batch, phase.name)``,
+    backpropagates ``"loss"``, clips and steps.
+    """
+
+    name: str
+    optimizer: str | None = None
+    """Optimizer this phase steps; defaults to ``name``."""
+    repeats: int = 1
+    new_batch: bool = True
+    """Draw a fresh batch for each repeat; ``False`` reuses the previous phase's batch."""
+
+    @property
+    def optimizer_name(self) -> str:
+        return self.optimizer or self.name
+
+
+class Model(nn.Module):
+    """Base class of every model.
+
+    Subclasses implement ``__init__(config, data)``, :meth:`training_step` and
+    usually :meth:`validation_step`; multi-optimizer models also override
+    :meth:`phases` and :meth:`optimizers`; generative models implement
+    :meth:`sample` and/or :meth:`reconstruct` so the sample-grid plugin and
+    the metrics can use them.
+
+    Under DDP the engine wraps each module of :meth:`ddp_modules` in its own
+    ``DistributedDataParallel`` (replacing the attribute), so ``self.gen(z)``
+    inside :meth:`training_step` synchronises gradients of ``gen`` only.
+    """
+
+    def __init__(self, config: Any, data: DataSpec) -> None:
+        super().__init__()
+        self.config = config
+        self.data = data
+        self._noise: _BatchNoise | None = None
+
+    # -- what the loop asks ---------------------------------------------
+
+    def phases(self) -> list[Phase]:
+        """The phases of one training step, in order. Default: one phase ``"train"``."""
+        return [Phase("train")]
+
+    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
+        """Parameters per optimizer name. Default: all parameters under ``"train"``."""
+        return {"train": self.parameters()}
+
+    def ddp_modules(self) -> dict[str, nn.Module]:
+        """Sub-networks to wrap separately under DDP. Default: every direct child with parameters."""
+        return {n: m for n, m in self.named_children() if any(p.requires_grad for p in m.parameters())}
+
+    def training_step(self, batch: Batch, phase: str) -> dict[str, Tensor]:
+        """Losses of ``phase`` on ``batch``; ``"loss"`` is backpropagated, other keys are logged.
+
+        Called once per phase repeat on every rank, inside autocast when mixed
+        precision is on. Return mean-reduced losses so gradients do not depend
+        on how the global batch is split over workers.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement training_step(batch, phase)")
+
+    def validation_step(self, batch: Batch) -> dict[str, Tensor]:
+        """Per-batch metrics (batch means) on held-out data; averaged over the set. Default: none."""
+        return {}
+
+    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
+        """``n`` images in ``[0, 1]`` from the model (optionally of classes ``labels``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot sample")
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """Reconstructions in ``[0, 1]`` of images ``x``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot reconstruct")
+
+    # -- helpers for authors ----------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+    def batch_randn(self, n: int, *shape: int) -> Tensor:
+        """Standard normal noise for ``n`` samples of this rank's batch.
+
+        Unlike ``torch.randn`` it does not depend on how the global batch is
+        split: 2 workers with batch ``n`` get the two halves of what 1 worker
+        with batch ``2n`` gets, so distributed runs match single-process runs.
+        Outside training (``sample()``, tests) it is plain ``torch.randn``.
+        """
+        if self._noise is None:
+            return torch.randn(n, *shape, device=self.device)
+        return self._noise.randn(n, shape, self.device)
+
+    def batch_rand(self, n: int, *shape: int) -> Tensor:
+        """Uniform ``[0, 1)`` noise with the same split-independence as :meth:`batch_randn`."""
+        if self._noise is None:
+            return torch.rand(n, *shape, device=self.device)
+        return self._noise.rand(n, shape, self.device)
+
+
+class _BatchNoise:
+    """Noise drawn for the whole global batch, of which each rank keeps its slice."""
+
+    def __init__(self, seed: int, rank: int, world: int) -> None:
+        self.gen = torch.Generator()
+        self.seed, self.rank, self.world = seed, rank, world
+
+    def reseed(self, step: int) -> None:
+        # One stream per (seed, step): resuming at any step reproduces the noise.
+        self.gen.manual_seed((self.seed * 1_000_003 + step) % (2**63))
+
+    def _slice(self, full: Tensor, n: int, device: torch.device) -> Tensor:
+        return full[self.rank * n : (self.rank + 1) * n].to(device, non_blocking=True)
+
+    def randn(self, n: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        return self._slice(torch.randn(n * self.world, *shape, generator=self.gen), n, device)
+
+    def rand(self, n: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        return self._slice(torch.rand(n * self.world, *shape, generator=self.gen), n, device)

@@ -1,0 +1,236 @@
+"""Loading plugins and holding what they registered.
+
+Where plugins come from, in order:
+
+1. the engine's own plugin (``engine.builtin``: datasets, the default optimizer
+   factory);
+2. every entry point in the group ``gentrain`` (the built-in AE, VAE, GAN,
+   AE-GAN, losses and callbacks are entry points of the ``gentrain``
+   distribution itself, loaded exactly like a third party's);
+3. modules named in ``GENTRAIN_PLUGINS`` (comma-separated import paths).
+
+Environment variables:
+
+``GENTRAIN_DISABLE_PLUGIN_AUTOLOAD=1``
+    load no entry points from other distributions (the built-ins still load);
+``GENTRAIN_DISABLE_PLUGINS=a,b``
+    block the plugins named ``a`` and ``b`` (entry-point names), built-in or not.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType, TracebackType
+from typing import Any
+
+import pluggy
+
+from engine import hookspecs
+from engine.errors import PluginError
+from engine.registry import Registry
+
+ENTRY_POINT_GROUP = "gentrain"
+DIST_NAME = "gentrain"
+AUTOLOAD_ENV = "GENTRAIN_DISABLE_PLUGIN_AUTOLOAD"
+BLOCK_ENV = "GENTRAIN_DISABLE_PLUGINS"
+EXTRA_ENV = "GENTRAIN_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """What ``gentrain plugins`` shows for one plugin."""
+
+    name: str
+    module: str
+    dist: str
+    version: str
+    builtin: bool
+    hooks: list[str] = field(default_factory=list)
+
+
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "unknown"
+
+
+class PluginManager:
+    """A pluggy plugin manager plus the registries its plugins filled.
+
+    Build one with :func:`load_plugins`; the engine keeps one per process
+    (:func:`current`), and tests build fresh ones with ``autoload=False``.
+    """
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.models: Registry[Any] = Registry("model", "model.name")
+        self.losses: Registry[Any] = Registry("loss", "loss")
+        self.datasets: Registry[Any] = Registry("dataset", "data.name")
+        self.info: dict[str, PluginInfo] = {}
+        self._registered = False
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    # -- loading -----------------------------------------------------------
+
+    def register(
+        self, plugin: object, name: str | None = None, *, dist: str = "", version: str = "", builtin: bool = False
+    ) -> None:
+        """Register one plugin object (a module or any object with hookimpls)."""
+        name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
+        if self.pm.is_blocked(name):
+            return
+        if self._registered:
+            raise PluginError(f"plugin {name!r} registered after the registries were filled; register it earlier")
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as e:
+            raise PluginError(f"plugin {name!r} is invalid: {e}") from e
+        except ValueError as e:  # pluggy: name or object already registered
+            raise PluginError(f"plugin {name!r} cannot be registered: {e}") from e
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        self.info[name] = PluginInfo(name, module, dist, version, builtin)
+
+    def block(self, names: Iterable[str]) -> None:
+        for n in names:
+            if n:
+                self.pm.set_blocked(n)
+
+    def load_entry_points(self, *, third_party: bool) -> None:
+        """Import and register every entry point in the ``gentrain`` group.
+
+        :param third_party: also load entry points of distributions other than gentrain.
+        """
+        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
+        seen: set[str] = set()
+        for ep in eps:
+            dist = ep.dist.name if ep.dist else "unknown"
+            builtin = dist == DIST_NAME
+            if (not builtin and not third_party) or self.pm.is_blocked(ep.name) or ep.name in seen:
+                continue
+            seen.add(ep.name)
+            try:
+                plugin = ep.load()
+            except Exception as e:
+                raise PluginError(
+                    f"plugin {ep.name!r} (entry point {ep.value!r} of {dist} {_version(dist)}) "
+                    f"failed to import: {type(e).__name__}: {e}; uninstall it or block it with {BLOCK_ENV}={ep.name}"
+                ) from e
+            self.register(plugin, ep.name, dist=dist, version=_version(dist), builtin=builtin)
+
+    def load_modules(self, modules: Iterable[str]) -> None:
+        for mod in modules:
+            mod = mod.strip()
+            if not mod:
+                continue
+            try:
+                plugin = importlib.import_module(mod)
+            except Exception as e:
+                raise PluginError(f"plugin module {mod!r} (from {EXTRA_ENV}) failed to import: {e}") from e
+            self.register(plugin, mod, dist="", version="")
+
+    def finish(self) -> PluginManager:
+        """Validate hook names, then run the registration hooks once."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as e:
+            plugin = self.pm.get_name(e.plugin) if e.plugin is not None else "?"
+            raise PluginError(
+                f"plugin {plugin!r} implements an unknown hook: {e}. "
+                f"Hook names start with 'gentrain_'; see engine/hookspecs.py"
+            ) from e
+        for hookname, registry in (
+            ("gentrain_register_models", self.models),
+            ("gentrain_register_losses", self.losses),
+            ("gentrain_register_datasets", self.datasets),
+        ):
+            for impl in getattr(self.pm.hook, hookname).get_hookimpls():
+                registry.current_plugin = impl.plugin_name
+                try:
+                    impl.function(**{a: registry for a in impl.argnames})
+                except PluginError:
+                    raise
+                except Exception as e:
+                    raise PluginError(
+                        f"plugin {impl.plugin_name!r} raised in {hookname}: {type(e).__name__}: {e}"
+                    ) from e
+                finally:
+                    registry.current_plugin = "<direct>"
+        for name, info in self.info.items():
+            plugin = self.pm.get_plugin(name)
+            info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
+        self._registered = True
+        return self
+
+    # -- calling -----------------------------------------------------------
+
+    def plugin_of_error(self, hookname: str, tb: TracebackType | None) -> str | None:
+        """Name the plugin whose implementation of ``hookname`` raised, from the traceback."""
+        codes = {impl.function.__code__: impl.plugin_name for impl in getattr(self.pm.hook, hookname).get_hookimpls()}
+        while tb is not None:
+            if tb.tb_frame.f_code in codes:
+                return codes[tb.tb_frame.f_code]
+            tb = tb.tb_next
+        return None
+
+    def fire(self, hookname: str, **kwargs: Any) -> Any:
+        """Call a hook; an exception from a plugin is re-raised naming plugin and hook."""
+        try:
+            return getattr(self.pm.hook, hookname)(**kwargs)
+        except Exception as e:
+            plugin = self.plugin_of_error(hookname, e.__traceback__)
+            if plugin is None or isinstance(e, PluginError):
+                raise
+            raise PluginError(f"plugin {plugin!r} raised in hook {hookname}: {type(e).__name__}: {e}") from e
+
+    def versions(self) -> dict[str, str]:
+        return {n: i.version for n, i in sorted(self.info.items())}
+
+
+def load_plugins(
+    *, autoload: bool | None = None, blocked: Iterable[str] = (), extra: Iterable[object] = ()
+) -> PluginManager:
+    """Build a plugin manager: engine plugin, entry points, ``GENTRAIN_PLUGINS``, ``extra``.
+
+    :param autoload: load third-party entry points; default from ``GENTRAIN_DISABLE_PLUGIN_AUTOLOAD``.
+    :param blocked: plugin names to block, on top of ``GENTRAIN_DISABLE_PLUGINS``.
+    :param extra: plugin objects to register (tests, notebooks).
+    """
+    from engine import builtin
+
+    if autoload is None:
+        autoload = os.environ.get(AUTOLOAD_ENV, "").lower() not in ("1", "true", "yes")
+    manager = PluginManager()
+    manager.block([*os.environ.get(BLOCK_ENV, "").split(","), *blocked])
+    manager.register(builtin, "engine", dist=DIST_NAME, version=_version(DIST_NAME), builtin=True)
+    manager.load_entry_points(third_party=autoload)
+    manager.load_modules(os.environ.get(EXTRA_ENV, "").split(","))
+    for i, plugin in enumerate(extra):
+        manager.register(plugin, getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}")
+    return manager.finish()
+
+
+_current: PluginManager | None = None
+
+
+def current() -> PluginManager:
+    """The process's plugin manager, loaded on first use."""
+    global _current
+    if _current is None:
+        _current = load_plugins()
+    return _current
+
+
+def set_current(manager: PluginManager | None) -> PluginManager | None:
+    """Make ``manager`` the process's plugin manager; returns the previous one."""
+    global _current
+    previous, _current = _current, manager
+    return previous

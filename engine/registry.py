@@ -1,0 +1,120 @@
+"""Name -> entry registries for models, losses and datasets.
+
+A plugin fills these from its registration hooks::
+
+    @hookimpl
+    def gentrain_register_models(registry):
+        registry.add("vae", VAE, VAEConfig)
+
+Each entry remembers which plugin added it, so a duplicate name is refused with
+both plugins named, and a typo on lookup suggests the close names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from engine.errors import ConfigError, PluginError, suggest
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """One registered thing: its name, the object, its config class, who added it."""
+
+    name: str
+    obj: T
+    config_cls: type | None
+    plugin: str
+    kind: str | None = None
+    doc: str = ""
+
+
+class Registry(Generic[T]):
+    """A name -> :class:`Entry` mapping that refuses duplicates.
+
+    ``what`` is the human name of the things held ("model", "loss", "dataset"),
+    used in messages; ``field`` is the config field that selects an entry, so a
+    lookup failure reads ``model.name = 'vea': unknown model (did you mean 'vae'?)``.
+    """
+
+    def __init__(self, what: str, field: str) -> None:
+        self.what = what
+        self.field = field
+        self._entries: dict[str, Entry[T]] = {}
+        # Set by the plugin manager while a plugin's registration hook runs.
+        self.current_plugin = "<direct>"
+
+    def add(
+        self,
+        name: str,
+        obj: T,
+        config_cls: type | None = None,
+        *,
+        kind: str | None = None,
+        doc: str | None = None,
+    ) -> None:
+        """Register ``obj`` under ``name``.
+
+        :param name: lowercase identifier users write in configs.
+        :param obj: the class or function.
+        :param config_cls: a ``@dataclass`` holding the entry's options, or None.
+        :param kind: a sub-kind (losses: ``reconstruction``, ``adversarial``, ...).
+        :param doc: one line for ``gentrain plugins``; defaults to the docstring's first line.
+        """
+        if not isinstance(name, str) or not name or name != name.strip():
+            raise PluginError(f"plugin {self.current_plugin!r} registered a {self.what} with an invalid name {name!r}")
+        if name in self._entries:
+            first = self._entries[name].plugin
+            raise PluginError(
+                f"{self.what} {name!r} is registered twice: by plugin {first!r} and by plugin "
+                f"{self.current_plugin!r}; block one of them with GENTRAIN_DISABLE_PLUGINS={self.current_plugin}"
+            )
+        if config_cls is not None and not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered {self.what} {name!r} with config class "
+                f"{config_cls!r}, which is not a @dataclass; decorate it with @dataclasses.dataclass"
+            )
+        if doc is None:
+            lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
+            doc = lines[0] if lines else ""
+        self._entries[name] = Entry(name, obj, config_cls, self.current_plugin, kind, doc)
+
+    def get(self, name: str, *, kind: str | None = None) -> Entry[T]:
+        """Return the entry called ``name`` (of sub-kind ``kind`` if given).
+
+        Raises :class:`ConfigError` naming the config field, the value, the
+        known names and the close ones.
+        """
+        entry = self._entries.get(name)
+        choices = self.names(kind=kind)
+        if entry is None or (kind is not None and entry.kind != kind):
+            what = f"{kind} {self.what}" if kind else self.what
+            raise ConfigError.one(
+                self.field,
+                name,
+                f"unknown {what}{suggest(str(name), choices)}; known: {', '.join(choices) or 'none'}",
+            )
+        return entry
+
+    def names(self, *, kind: str | None = None) -> list[str]:
+        return sorted(n for n, e in self._entries.items() if kind is None or e.kind == kind)
+
+    def by_plugin(self, plugin: str) -> list[Entry[T]]:
+        return [e for e in self._entries.values() if e.plugin == plugin]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+LossFn = Callable[..., Any]

@@ -1,0 +1,1 @@
+"""Built-in trainer behaviours: progress, CSV and TensorBoard logging, sample grids, early stopping."""
