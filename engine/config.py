@@ -235,18 +235,18 @@ def validate_dataclass(cls: type, raw: Any, prefix: str) -> tuple[Any, list[tupl
             problems.append(
                 (f"{prefix}{key}", raw[key], f"unknown field{suggest(str(key), names)}; known: {', '.join(names)}")
             )
-    if problems:
-        return None, problems
+    known = {k: v for k, v in raw.items() if k in names}
     adapter = _adapters.get(cls)
     if adapter is None:
         adapter = _adapters[cls] = TypeAdapter(cls)
     try:
-        return adapter.validate_python(dict(raw)), []
+        instance = adapter.validate_python(known)
+        return (None, problems) if problems else (instance, [])
     except ValidationError as e:
         for err in e.errors():
             loc = [str(p) for p in err["loc"]]
             # Keep the path into the data, drop pydantic's union-member tags.
-            path = loc[:1] + [p for p in loc[1:] if p.isdigit() or p in _nested_keys(raw, loc[0])]
+            path = loc[:1] + [p for p in loc[1:] if p.isdigit() or p in _nested_keys(known, loc[0])]
             allowed = err["msg"].replace("Input should be", "must be")
             problems.append((prefix + ".".join(path), err.get("input"), allowed))
         return None, problems
@@ -311,11 +311,13 @@ def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
             _, found = validate_dataclass(OptimConfig, {**base, **over}, f"optim.per_optimizer.{name}.")
             problems += found
 
-    model_raw = dict(raw.get("model") or {})
+    model_raw = _section(raw, "model", problems)
     model_name = model_raw.pop("name", None)
     model = None
     if model_name is None:
         problems.append(("model.name", None, f"required; one of: {', '.join(pm.models.names()) or 'none registered'}"))
+    elif not isinstance(model_name, str):
+        problems.append(("model.name", model_name, f"must be a string; one of: {', '.join(pm.models.names())}"))
     else:
         try:
             entry = pm.models.get(model_name)
@@ -326,29 +328,42 @@ def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
             problems += found
             model = ModelSection(model_name, params)
 
-    data_raw = dict(raw.get("data") or {})
+    data_raw = _section(raw, "data", problems)
     engine_keys = {f.name for f in dataclasses.fields(DataConfig)} - {"params"}
     data_name = data_raw.get("name", DataConfig.name)
     data = None
-    try:
-        dentry = pm.datasets.get(data_name)
-    except ConfigError as e:
-        problems += e.problems
+    if not isinstance(data_name, str):
+        problems.append(("data.name", data_name, f"must be a string; one of: {', '.join(pm.datasets.names())}"))
     else:
-        own = {k: v for k, v in data_raw.items() if k in engine_keys}
-        rest = {k: v for k, v in data_raw.items() if k not in engine_keys}
-        params, found = _validate_params(dentry.config_cls, rest, "data.", pm, extra_known=sorted(engine_keys))
-        problems += found
-        base, found = validate_dataclass(DataConfig, own, "data.")
-        problems += found
-        if base is not None and not found:
-            data = dataclasses.replace(base, params=params)
+        try:
+            dentry = pm.datasets.get(data_name)
+        except ConfigError as e:
+            problems += e.problems
+        else:
+            own = {k: v for k, v in data_raw.items() if k in engine_keys}
+            rest = {k: v for k, v in data_raw.items() if k not in engine_keys}
+            params, found = _validate_params(dentry.config_cls, rest, "data.", pm, extra_known=sorted(engine_keys))
+            problems += found
+            base, found = validate_dataclass(DataConfig, own, "data.")
+            problems += found
+            if base is not None and not found:
+                data = dataclasses.replace(base, params=params)
 
     if problems:
         raise ConfigError(problems)
     assert model is not None
     assert data is not None
     return RunConfig(model=model, data=data, **sections)
+
+
+def _section(raw: Mapping[str, Any], key: str, problems: list[tuple[str, object, str]]) -> dict[str, Any]:
+    value = raw.get(key)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        problems.append((key, value, "must be a mapping of field: value"))
+        return {}
+    return {str(k): v for k, v in value.items()}
 
 
 def _validate_params(
