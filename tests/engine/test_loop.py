@@ -274,6 +274,7 @@ def test_run_directory_outputs(tmp_path: Path) -> None:
     ]
     assert len(lines) == 3  # header + 2 epochs
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run / "loss_curves.png").stat().st_size > 1000
     assert (run / "samples" / "epoch=0002-reconstructions.png").is_file()
     assert len(checkpoint.list_checkpoints(run / "checkpoints")) == 2
 
