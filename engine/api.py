@@ -15,7 +15,7 @@ from engine import config as cfg
 from engine.config import RunConfig
 from engine.data import ImageData, load_data, split
 from engine.errors import ConfigError
-from engine.plugins import PluginManager, current
+from engine.plugins import PluginManager, current, using
 
 
 @dataclass
@@ -97,16 +97,13 @@ def fit(
     :param overrides: dotted overrides, ``["trainer.epochs=5"]`` or ``{"trainer.epochs": 5}``.
     :raises ConfigError: before anything starts, if the config, data or model cannot work.
     """
-    from engine import loop
+    from engine import checkpoint, distributed, loop
 
-    run_config, _ = prepare(config, overrides, plugins)
-    if run_config.scaling.num_workers == 0:
+    with using(plugins) as pm:
+        run_config, _ = prepare(config, overrides, pm)
+        if run_config.scaling.num_workers > 0:
+            return distributed.fit_ray(run_config)
         device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
-        metrics = loop.train(run_config.to_dict(), loop.WorkerEnv(device=device), plugins or current())
+        metrics = loop.train(run_config.to_dict(), loop.WorkerEnv(device=device), pm)
         run_dir = loop.run_dir_of(run_config)
-        from engine import checkpoint
-
         return FitResult(run_config, run_dir, metrics, checkpoint.latest(run_dir / "checkpoints"))
-    from engine import distributed
-
-    return distributed.fit_ray(run_config)

@@ -19,10 +19,11 @@ Environment variables:
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata as md
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
 from typing import Any
@@ -227,6 +228,23 @@ def current() -> PluginManager:
     if _current is None:
         _current = load_plugins()
     return _current
+
+
+@contextlib.contextmanager
+def using(manager: PluginManager | None) -> Iterator[PluginManager]:
+    """Make ``manager`` (if given) the process's plugin manager inside the block.
+
+    What models look up while they are built (``engine.get_loss``) then comes
+    from the same manager the config was validated against.
+    """
+    if manager is None:
+        yield current()
+        return
+    previous = set_current(manager)
+    try:
+        yield manager
+    finally:
+        set_current(previous)
 
 
 def set_current(manager: PluginManager | None) -> PluginManager | None:
