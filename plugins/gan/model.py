@@ -1,0 +1,256 @@
+"""GAN: MLP or DCGAN generator and discriminator, any adversarial loss, optional penalty and labels.
+
+Pixel conventions: data images are in ``[0, 1]``; both networks work in
+``[-1, 1]`` (the discriminator sees ``2x - 1``, the generator ends in ``tanh``),
+and :meth:`GAN.sample` maps back to ``[0, 1]`` with ``(g + 1) / 2``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+import engine
+
+from .config import GANConfig, dcgan_layout
+
+
+def _to_signed(x: Tensor) -> Tensor:
+    return x * 2.0 - 1.0
+
+
+def _to_unit(x: Tensor) -> Tensor:
+    return (x + 1.0) * 0.5
+
+
+class Generator(nn.Module):
+    """``z`` (plus a one-hot label when conditional) -> images in ``[-1, 1]``."""
+
+    def __init__(self, config: GANConfig, data: engine.DataSpec) -> None:
+        super().__init__()
+        self.shape = data.shape
+        self.num_classes = data.num_classes if config.conditional else None
+        # Labels enter as a learned embedding as wide as the noise (N(0, 1) at
+        # init), so the class signal is not drowned by the noise at the start.
+        self.embed = nn.Embedding(self.num_classes, config.latent_dim) if self.num_classes else None
+        d_in = config.latent_dim * (2 if self.embed is not None else 1)
+        c, h, _ = data.shape
+        if config.arch == "mlp":
+            layers: list[nn.Module] = []
+            d = d_in
+            for _ in range(config.depth):
+                layers += [nn.Linear(d, config.hidden), nn.ReLU()]
+                d = config.hidden
+            layers.append(nn.Linear(d, data.numel))
+            self.net = nn.Sequential(*layers)
+        else:
+            layout = dcgan_layout(h)
+            assert layout is not None, "GANConfig.check() admits only DCGAN shapes"
+            s0, k = layout
+            ch = config.channels * 2 ** (k - 1)
+            blocks: list[nn.Module] = [
+                nn.Linear(d_in, ch * s0 * s0, bias=False),
+                nn.Unflatten(1, (ch, s0, s0)),
+                nn.BatchNorm2d(ch),
+                nn.ReLU(),
+            ]
+            for _ in range(k - 1):
+                blocks += [
+                    nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
+                    nn.BatchNorm2d(ch // 2),
+                    nn.ReLU(),
+                ]
+                ch //= 2
+            blocks.append(nn.ConvTranspose2d(ch, c, 4, 2, 1))
+            self.net = nn.Sequential(*blocks)
+            _dcgan_init(self)
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional generator needs labels")
+            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+        return torch.tanh(self.net(z)).view(-1, *self.shape)
+
+
+class Discriminator(nn.Module):
+    """Images in ``[-1, 1]`` (plus labels when conditional) -> one raw score (logit) per image.
+
+    Conditional scores use a projection discriminator (Miyato & Koyama 2018):
+    ``head(h) + <embed(y), h>`` on the last features ``h``.
+    """
+
+    def __init__(self, config: GANConfig, data: engine.DataSpec) -> None:
+        super().__init__()
+        c, h, _ = data.shape
+        norm = config.disc_norm_for()
+        layers: list[nn.Module] = []
+        if config.arch == "mlp":
+            layers.append(nn.Flatten())
+            d = data.numel
+            for _ in range(config.depth):
+                layers += [nn.Linear(d, config.hidden), _norm1d(norm, config.hidden), nn.LeakyReLU(0.2)]
+                d = config.hidden
+            features = d
+        else:
+            layout = dcgan_layout(h)
+            assert layout is not None, "GANConfig.check() admits only DCGAN shapes"
+            s0, k = layout
+            ch = config.channels
+            # No normalisation on the first layer (DCGAN).
+            layers += [nn.Conv2d(c, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+            for _ in range(k - 1):
+                layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm2d(norm, ch * 2), nn.LeakyReLU(0.2)]
+                ch *= 2
+            layers.append(nn.Flatten())
+            features = ch * s0 * s0
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(features, 1)
+        num_classes = data.num_classes if config.conditional else None
+        self.embed = nn.Embedding(num_classes, features) if num_classes else None
+        if config.arch == "dcgan":
+            _dcgan_init(self)
+        if self.embed is not None:
+            nn.init.normal_(self.embed.weight, std=features**-0.5)
+
+    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+        h = self.body(x)
+        out = self.head(h).squeeze(1)
+        if self.embed is not None:
+            if labels is None:
+                raise ValueError("a conditional discriminator needs labels")
+            out = out + (self.embed(labels) * h).sum(1)
+        return out
+
+
+def _norm1d(kind: str, n: int) -> nn.Module:
+    return {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}.get(kind, lambda _: nn.Identity())(n)
+
+
+def _norm2d(kind: str, n: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(n)
+    if kind == "layer":
+        return nn.GroupNorm(1, n)  # layer norm over (C, H, W), per-channel affine
+    return nn.Identity()
+
+
+def _dcgan_init(module: nn.Module) -> None:
+    """DCGAN's initialisation: N(0, 0.02) weights for (transposed) convolutions, N(1, 0.02) norm scales."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class GAN(engine.Model):
+    """A GAN whose losses and penalty are chosen by name (see :class:`GANConfig`)."""
+
+    config: GANConfig
+
+    def __init__(self, config: GANConfig, data: engine.DataSpec) -> None:
+        config.check(data)
+        super().__init__(config, data)
+        # Direct children, so each is its own DDP module.
+        self.gen = Generator(config, data)
+        self.disc = Discriminator(config, data)
+        self.adversarial = engine.get_loss(config.loss, "adversarial")
+        self.penalty: Callable[..., Tensor] | None = (
+            engine.get_loss(config.penalty, "penalty") if config.penalty is not None else None
+        )
+
+    # -- what the loop asks ---------------------------------------------
+
+    def phases(self) -> list[engine.Phase]:
+        return [
+            engine.Phase("disc", repeats=self.config.n_critic),
+            engine.Phase("gen", new_batch=False),
+        ]
+
+    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
+        return {"gen": self.gen.parameters(), "disc": self.disc.parameters()}
+
+    def _labels(self, labels: Tensor) -> Tensor | None:
+        return labels if self.config.conditional else None
+
+    def training_step(self, batch: engine.Batch, phase: str) -> dict[str, Tensor]:
+        x, y = batch
+        labels = self._labels(y)
+        real = _to_signed(x)
+        z = self.batch_randn(x.shape[0], self.config.latent_dim)
+        if phase == "disc":
+            # No graph through G: its DDP reducer must not wait for gradients here.
+            with torch.no_grad():
+                fake = self.gen(z, labels)
+            d_real = self.disc(real, labels)
+            d_fake = self.disc(fake, labels)
+            d_loss = self.adversarial.d_loss(d_real, d_fake)
+            out = {"d_loss": d_loss, "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+            loss = d_loss
+            if self.penalty is not None:
+                # enable_grad: penalties differentiate the critic, even when a
+                # caller evaluates the losses under no_grad.
+                with torch.enable_grad():
+                    pen = self.penalty(critic=self._critic(labels), real=real, fake=fake)
+                weight = self.config.resolved_penalty_weight
+                if self.config.penalty == "r1":
+                    weight /= 2.0  # R1's convention: gamma / 2
+                loss = loss + weight * pen
+                out["penalty"] = pen.detach()
+            return {"loss": loss, **out}
+        if phase == "gen":
+            g_loss = self.adversarial.g_loss(self.disc(self.gen(z, labels), labels))
+            return {"loss": g_loss, "g_loss": g_loss.detach()}
+        raise ValueError(f"unknown phase {phase!r}; the GAN has phases 'disc' and 'gen'")
+
+    def _critic(self, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
+        return lambda t: self.disc(t, labels)
+
+    def validation_step(self, batch: engine.Batch) -> dict[str, Tensor]:
+        """Discriminator outputs and both losses on held-out images and fresh noise.
+
+        ``d_real`` / ``d_fake`` are mean raw discriminator outputs (logits for
+        the GAN losses, critic values for ``wasserstein``).
+        """
+        x, y = batch
+        labels = self._labels(y)
+        z = self.batch_randn(x.shape[0], self.config.latent_dim)
+        d_real = self.disc(_to_signed(x), labels)
+        d_fake = self.disc(self.gen(z, labels), labels)
+        return {
+            "d_real": d_real.mean(),
+            "d_fake": d_fake.mean(),
+            "d_loss": self.adversarial.d_loss(d_real, d_fake),
+            "g_loss": self.adversarial.g_loss(d_fake),
+        }
+
+    # -- generation ---------------------------------------------------------
+
+    def sample(self, n: int, labels: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+        """``n`` images in ``[0, 1]``.
+
+        :param labels: classes of the samples (conditional GANs; default
+            ``arange(n) % num_classes``); ignored by unconditional GANs.
+        :param z: the noise, ``n × latent_dim``; default ``torch.randn`` from the
+            global generator, so seeding it gives fixed noise (the sample-grid
+            plugin does this every epoch).
+        """
+        device = self.device
+        if z is None:
+            z = torch.randn(n, self.config.latent_dim, device=device)
+        cond = None
+        if self.config.conditional:
+            assert self.data.num_classes is not None
+            cond = labels.to(device) if labels is not None else torch.arange(n, device=device) % self.data.num_classes
+        return _to_unit(self.gen(z.to(device), cond))
+
+    def forward(self, z: Tensor, labels: Tensor | None = None) -> Any:
+        """Generator output in ``[-1, 1]`` (``nn.Module`` convention: ``model(z)``)."""
+        return self.gen(z, labels)
