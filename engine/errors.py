@@ -28,6 +28,10 @@ class ConfigError(GentrainError, ValueError):
         head = "invalid config" if len(lines) == 1 else f"invalid config ({len(lines)} problems)"
         super().__init__(head + ":\n  " + "\n  ".join(lines))
 
+    def __reduce__(self) -> tuple[type[ConfigError], tuple[list[tuple[str, object, str]]]]:
+        # Rebuilt from its problems, so it crosses process boundaries (Ray workers) intact.
+        return (type(self), (self.problems,))
+
     @classmethod
     def one(cls, field: str, value: object, allowed: str) -> ConfigError:
         return cls([(field, value, allowed)])
