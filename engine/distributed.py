@@ -210,9 +210,21 @@ def ray_run_config(run_config: RunConfig) -> Any:
         # controller_failure_limit=0: a worker group that does not start within
         # start_timeout_s ends the run (Ray's default retries forever).
         failure_config=FailureConfig(max_failures=run_config.scaling.max_failures, controller_failure_limit=0),
-        worker_runtime_env={"env_vars": {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}},
+        worker_runtime_env={"env_vars": worker_env_vars()},
         logging_config=LoggingConfig(log_level="WARNING"),
     )
+
+
+def worker_env_vars() -> dict[str, str]:
+    """Environment of the Train workers: the plugin selection, and no doubled print().
+
+    On a cluster started elsewhere (``ray start``, ``ray job submit``) workers
+    inherit the raylet's environment, not the driver's, so the print patch
+    setting must travel with the job.
+    """
+    env = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
+    env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    return env
 
 
 def _require_train_v2() -> None:
