@@ -58,6 +58,7 @@ from engine.losses import get_loss
 from engine.model import Batch, DataSpec, Model, ModelConfig, Phase
 from engine.plugins import PluginManager, load_plugins
 from engine.registry import Registry
+from engine.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 
@@ -84,10 +85,12 @@ __all__ = [
     "Registry",
     "RunConfig",
     "TrainingError",
+    "TuneResult",
     "fit",
     "get_loss",
     "hookimpl",
     "load_plugins",
     "prepare",
     "resolve",
+    "tune",
 ]

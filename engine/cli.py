@@ -3,6 +3,7 @@
 ::
 
     gentrain fit [CONFIG.yaml | RECIPE.py] [key.path=value ...]
+    gentrain tune [CONFIG.yaml | RECIPE.py] [key.path=value ...] --space SPACE.yaml [--resume]
     gentrain plugins
 """
 
@@ -54,6 +55,34 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from engine.tuning import load_space, tune
+
+    source, overrides = args.config, list(args.overrides)
+    if source is not None and "=" in source and not Path(source).exists():
+        source, overrides = None, [source, *overrides]
+    space: dict[str, Any] = {}
+    if args.space is not None:
+        space = load_space(args.space)
+    elif source is not None and source.endswith(".py"):
+        space = dict(_recipe_attr(source, "SPACE") or {})
+    if not space and not args.resume:
+        raise ConfigError.one("--space", None, "a search space file is required (or a recipe defining SPACE)")
+    result = tune(load_config_source(source), space, overrides, resume=args.resume, verbose=args.verbose)
+    print(result.summary())
+    return 0
+
+
+def _recipe_attr(source: str, name: str) -> Any:
+    path = Path(source)
+    spec = importlib.util.spec_from_file_location(f"gentrain_recipe_{path.stem}", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name, None)
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
     from engine.plugins import current
 
@@ -79,6 +108,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="a YAML config or a recipe .py defining CONFIG (optional)")
     p.add_argument("overrides", nargs="*", help="key.path=value, e.g. trainer.epochs=5 model.latent_dim=32")
     p.set_defaults(func=cmd_fit)
+    p = sub.add_parser(
+        "tune",
+        help="search hyperparameters (Ray Tune; every trial a training run)",
+        description="Search hyperparameters: every trial is one training run with its own Ray Train workers. "
+        "The config's tune section picks the metric, scheduler and search; the space file maps dotted "
+        "config keys to distributions, e.g. 'optim.lr: {loguniform: [1e-4, 1e-2]}'.",
+    )
+    p.add_argument("config", nargs="?", help="a YAML config or a recipe .py defining CONFIG (and SPACE)")
+    p.add_argument("overrides", nargs="*", help="key.path=value, e.g. tune.num_samples=16 tune.metric=val/recon")
+    p.add_argument("--space", help="search space YAML: dotted.key: {loguniform|uniform|choice|grid_search|...: [...]}")
+    p.add_argument("--resume", action="store_true", help="continue run.name's search (else the newest)")
+    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Ray Tune's console output")
+    p.set_defaults(func=cmd_tune)
     p = sub.add_parser("plugins", help="list plugins and what they registered")
     p.set_defaults(func=cmd_plugins)
     return parser

@@ -9,6 +9,7 @@ A run config is a handful of sections, each a frozen dataclass::
     scaling:  {num_workers: 0, use_gpu: false, ...}
     run:      {name: null, output_dir: runs, resume: auto}
     callbacks: {progress: true, sample_every: 1, ...}
+    tune:     {metric: val/elbo, mode: min, scheduler: asha, ...}   # gentrain tune only
 
 Validation uses pydantic on plain dataclasses (types, ``Annotated`` bounds,
 ``Literal`` choices); unknown keys are refused with close-name suggestions.
@@ -130,6 +131,32 @@ class CallbacksConfig:
 
 
 @dataclass(frozen=True)
+class TuneSection:
+    """Settings of ``gentrain tune`` (``gentrain fit`` ignores them): what to optimise and how to search.
+
+    ``metric`` is a key the trials report (``val/elbo``, ``val/recon``, a
+    plugin's ``val/...``); ``None`` picks the model's ``val/loss``, ``val/elbo``
+    or ``val/recon``, in that order. Times (``grace_period``,
+    ``perturbation_interval``) count epochs. ``max_concurrent_trials`` ``None``:
+    as many trials as the cluster's resources hold at once.
+    """
+
+    metric: str | None = None
+    mode: Literal["min", "max"] = "min"
+    num_samples: PositiveInt = 8
+    scheduler: Literal["asha", "pbt", "none"] = "asha"
+    search: Literal["random", "grid", "optuna", "hyperopt"] = "random"
+    max_concurrent_trials: PositiveInt | None = None
+    max_failures: NonNegativeInt = 2
+    grace_period: PositiveInt = 1
+    reduction_factor: Annotated[float, Field(gt=1, allow_inf_nan=False)] = 3.0
+    perturbation_interval: PositiveInt = 2
+    quantile_fraction: Annotated[float, Field(gt=0, le=0.5, allow_inf_nan=False)] = 0.25
+    resample_probability: Probability = 0.25
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
 class DataConfig:
     """Engine-owned data fields; the dataset's own fields live in ``params``."""
 
@@ -161,6 +188,7 @@ class RunConfig:
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunSection = field(default_factory=RunSection)
     callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    tune: TuneSection = field(default_factory=TuneSection)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples): what YAML, Ray and checkpoints carry."""
@@ -198,6 +226,7 @@ _SECTIONS: dict[str, type] = {
     "scaling": ScalingConfig,
     "run": RunSection,
     "callbacks": CallbacksConfig,
+    "tune": TuneSection,
 }
 
 

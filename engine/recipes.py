@@ -9,13 +9,21 @@ A recipe is a plain script::
 so the same file runs as ``python recipes/x.py``, ``ray job submit -- python
 recipes/x.py`` and ``ray submit cluster.yaml recipes/x.py``, and
 ``gentrain fit recipes/x.py`` reads its ``CONFIG``.
+
+A tuning recipe adds a search space of Ray Tune distributions::
+
+    SPACE = {"optim.lr": tune.loguniform(1e-4, 1e-2), "model.beta": tune.uniform(0.5, 4)}
+    if __name__ == "__main__":
+        engine.recipes.tune_main(CONFIG, SPACE, smoke={"tune.num_samples": 2})
+
+and ``gentrain tune recipes/x.py`` reads its ``CONFIG`` and ``SPACE``.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from engine.config import build_raw
@@ -47,6 +55,48 @@ def main(
         print(f"gentrain: error: {e}", file=sys.stderr)
         return 2
     print(summary(result))
+    return 0
+
+
+def tune_main(
+    config: Mapping[str, Any],
+    space: Mapping[str, Any],
+    *,
+    smoke: Mapping[str, Any] | None = None,
+    smoke_space: Mapping[str, Any] | None = None,
+    mutations: Mapping[str, Any] | None = None,
+    before: Callable[[dict[str, Any]], None] | None = None,
+    argv: Sequence[str] | None = None,
+    description: str = "",
+) -> int:
+    """Run a tuning recipe: search ``space`` around ``config`` (``smoke``/``smoke_space`` with ``--smoke``).
+
+    ``mutations`` are what PBT perturbs (default: every searched key);
+    ``before`` gets the final config dict first (to prepare a cache, say).
+    Joins the Ray cluster it finds (``RAY_ADDRESS``, or one started with
+    ``ray start``), else starts a local one; ends with the table of trials and
+    where the outputs are.
+    """
+    from engine.tuning import tune
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tune.num_samples=16 trainer.epochs=5")
+    parser.add_argument("--smoke", action="store_true", help="a tiny search that checks the recipe works end to end")
+    parser.add_argument("--resume", action="store_true", help="continue run.name's search (else the newest)")
+    parser.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Ray Tune's console output")
+    args = parser.parse_args(argv)
+    raw = build_raw(config, dict(smoke or {}) if args.smoke else {})
+    searched = smoke_space if args.smoke and smoke_space is not None else space
+    try:
+        if before is not None:
+            before(build_raw(raw, args.overrides))
+        result = tune(
+            raw, searched, args.overrides, hyperparam_mutations=mutations, resume=args.resume, verbose=args.verbose
+        )
+    except GentrainError as e:
+        print(f"gentrain: error: {e}", file=sys.stderr)
+        return 2
+    print(result.summary())
     return 0
 
 

@@ -8,8 +8,11 @@
 #
 #   bash tests/workflows/ray_up_local.sh OUT_DIR
 #
-# `ray down` runs `ray stop` on the head, which ends every Ray process of this
-# user on the machine: run it when no other Ray cluster of yours is alive.
+# `ray up` and `ray down` run a bare `ray stop` on the head, which ends every
+# Ray process on the machine. Here the head is this machine, so the login
+# shell the launcher uses gets a `ray` shim first on PATH whose `stop` ends
+# only this cluster's processes (they all carry its private temp dir); every
+# other `ray` command is the real one.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 OUT="${1:?usage: ray_up_local.sh OUT_DIR}"
@@ -59,12 +62,25 @@ BASHRC="$HOME/.bashrc"
 cleanup() {
     set +e
     [ -f "$OUT/cluster.yaml" ] && timeout 120 ray down -y "$OUT/cluster.yaml" >"$OUT/down.log" 2>&1
-    ray stop --force >/dev/null 2>&1
+    "$W/bin/ray" stop >/dev/null 2>&1
     [ -f "$W/sshd.pid" ] && kill "$(cat "$W/sshd.pid")" 2>/dev/null
     [ -f "$BASHRC" ] && sed -i "/$MARK/d" "$BASHRC"
 }
 trap cleanup EXIT
-echo "export PATH=$VENV_BIN:\$PATH RAY_USAGE_STATS_ENABLED=0 $MARK" >>"$BASHRC"
+RAY_TMP="/tmp/gtu-$RAY_PORT"  # short: Ray puts unix sockets under it
+mkdir -p "$W/bin"
+cat >"$W/bin/ray" <<SHIM
+#!/usr/bin/env bash
+if [ "\$1" = stop ]; then
+    pkill -TERM -f -- "$RAY_TMP" 2>/dev/null
+    for _ in \$(seq 50); do pgrep -f -- "$RAY_TMP" >/dev/null || break; sleep 0.2; done
+    pkill -KILL -f -- "$RAY_TMP" 2>/dev/null
+    exit 0
+fi
+exec "$VENV_BIN/ray" "\$@"
+SHIM
+chmod +x "$W/bin/ray"
+echo "export PATH=$W/bin:$VENV_BIN:\$PATH RAY_USAGE_STATS_ENABLED=0 $MARK" >>"$BASHRC"
 
 echo "== sshd on 127.0.0.1:$SSH_PORT"
 /usr/sbin/sshd -f "$W/sshd_config"
@@ -96,7 +112,7 @@ head_setup_commands: []
 worker_setup_commands: []
 head_start_ray_commands:
   - ray stop
-  - ray start --head --node-ip-address=127.0.0.1 --port=$RAY_PORT --num-cpus=2 --include-dashboard=false --autoscaling-config=~/ray_bootstrap_config.yaml
+  - ray start --head --node-ip-address=127.0.0.1 --port=$RAY_PORT --num-cpus=2 --include-dashboard=false --temp-dir=$RAY_TMP --autoscaling-config=~/ray_bootstrap_config.yaml
 worker_start_ray_commands: []
 CFG
 
@@ -122,5 +138,5 @@ timeout 120 ray down -y "$OUT/cluster.yaml" >"$OUT/down.log" 2>&1
 rm -f "$OUT/cluster.yaml"
 t_down=$(date +%s)
 sleep 1
-if pgrep -f "raylet|gcs_server" >/dev/null; then echo "Ray processes left behind" >&2; exit 1; fi
+if pgrep -f -- "$RAY_TMP" >/dev/null; then echo "Ray processes left behind" >&2; exit 1; fi
 echo "ray up/submit/down workflow passed in $((t_down - t0))s (up $((t_up - t0))s, submit $((t_submit - t_up))s, down $((t_down - t_submit))s)"
