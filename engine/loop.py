@@ -28,6 +28,7 @@ The hooks fire in this order (also in the README, and checked by
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -239,7 +240,7 @@ def train(
             trainer.fire("gentrain_on_train_epoch_start", epoch=epoch)
             train_loader.set_epoch(epoch)
             batches = train_loader.iter_from(trainer.batch_in_epoch)
-            sums: dict[str, Tensor] = {}
+            sums = LossSums()
             n_steps = 0
             for _ in range(
                 trainer.batch_in_epoch // batches_per_step(phases, t.accumulate_grad_batches), steps_per_epoch
@@ -249,8 +250,7 @@ def train(
                     break
                 noise.reseed(trainer.step)
                 losses = train_step(trainer, phases, phase_modules, batches, autocast)
-                for k, v in losses.items():
-                    sums[k] = sums[k] + v if k in sums else v.clone()
+                sums.add(losses)
                 n_steps += 1
                 trainer.step += 1
                 trainer.batch_in_epoch += batches_per_step(phases, t.accumulate_grad_batches)
@@ -258,7 +258,7 @@ def train(
             # -- end of epoch: validation, metrics, checkpoint, report -----
             trainer.epoch += 1
             trainer.batch_in_epoch = 0
-            metrics = reduce_means(env, sums, n_steps, prefix="train/")
+            metrics = reduce_means(env, sums.as_dict(), n_steps, prefix="train/")
             last = trainer.epoch >= t.epochs or trainer.should_stop
             if (trainer.epoch % t.val_every == 0 or last) and len(val_set) > 0:
                 trainer.fire("gentrain_on_validation_start", epoch=epoch)
@@ -307,12 +307,11 @@ def train_step(
                 # only for the sub-networks this phase updates.
                 with sync_context(trainer, phase_modules[phase.name], last=i == k - 1), autocast:
                     losses = model.training_step(batch, phase.name)
-                    loss = losses["loss"] / k
+                    # x / 1 == x exactly: skip the op and its backward node when not accumulating.
+                    loss = losses["loss"] / k if k > 1 else losses["loss"]
                 scaler = trainer.scalers.get(phase.optimizer_name)
                 (scaler.scale(loss) if scaler else loss).backward()
-                for name, value in losses.items():
-                    v = value.detach().float() / k
-                    phase_losses[name] = phase_losses[name] + v if name in phase_losses else v
+                add_logged_losses(phase_losses, losses, k)
             if not check_finite(trainer, phase, phase_losses):
                 optimizer.zero_grad(set_to_none=True)
                 continue
@@ -417,8 +416,15 @@ def modules_per_phase(
     return out
 
 
+def sync_context(trainer: Trainer, trained: set[str], *, last: bool) -> contextlib.AbstractContextManager[Any]:
+    """``no_sync()`` of every DDP sub-network that must not all-reduce on this micro-batch."""
+    if all(module is trainer.raw[name] for name, module in trainer.ddp.items()):
+        return contextlib.nullcontext()  # nothing is wrapped (one process): skip the ExitStack per step
+    return _no_sync(trainer, trained, last=last)
+
+
 @contextlib.contextmanager
-def sync_context(trainer: Trainer, trained: set[str], *, last: bool) -> Iterator[None]:
+def _no_sync(trainer: Trainer, trained: set[str], *, last: bool) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         for name, module in trainer.ddp.items():
             if module is not trainer.raw[name] and (not last or name not in trained):
@@ -433,8 +439,26 @@ def autocast_context(precision: str, device: torch.device) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def add_logged_losses(into: dict[str, Tensor], losses: dict[str, Tensor], k: int) -> None:
+    """Add one micro-batch's ``losses / k``, detached float32 copies, to a phase's logged losses."""
+    values = list(losses.values())
+    if k == 1 and _float_scalars(values):
+        # The usual case as one op instead of three per value (detach, float, / k):
+        # a fresh float32 copy of every scalar, bit-identical since x / 1 == x.
+        with torch.no_grad():
+            into.update(zip(losses, torch.stack(values).unbind(), strict=True))
+        return
+    for name, value in losses.items():
+        v = value.detach().float() / k
+        into[name] = into[name] + v if name in into else v
+
+
 def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> bool:
     """Apply ``trainer.nan_policy`` to a phase's losses; ``False`` means skip this update."""
+    values = list(losses.values())
+    # One host read of every value (one device sync) instead of isfinite + .item() per value.
+    if values and _scalars(values) and all(map(math.isfinite, torch.stack(values).tolist())):
+        return True
     bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).item()}
     if not bad:
         return True
@@ -448,6 +472,55 @@ def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> b
     if trainer.skipped_steps > 100:
         raise TrainingError(f"training diverged: more than 100 updates skipped for non-finite losses (last at {where})")
     return False
+
+
+class LossSums:
+    """Running sums of each step's logged losses, per key (``sums[k] + v``), for the epoch means.
+
+    While every step logs the same keys as float32 scalars, the sums are kept
+    stacked and added in one op per step instead of one per key: element-wise
+    the same float32 additions in the same order, so the sums are bit-identical.
+    """
+
+    def __init__(self) -> None:
+        self.keys: tuple[str, ...] = ()
+        self.packed: Tensor | None = None
+        self.loose: dict[str, Tensor] = {}
+
+    def add(self, losses: dict[str, Tensor]) -> None:
+        values = list(losses.values())
+        if self.packed is not None and tuple(losses) == self.keys and _float_scalars(values):
+            self.packed.add_(torch.stack(values))
+            return
+        sums = self.as_dict()
+        for k, v in losses.items():
+            sums[k] = sums[k] + v if k in sums else v.clone()
+        keys = tuple(losses)
+        if _float_scalars([sums[k] for k in keys]):
+            self.keys, self.packed = keys, torch.stack([sums[k] for k in keys])
+            self.loose = {k: v for k, v in sums.items() if k not in losses}
+        else:
+            self.keys, self.packed, self.loose = (), None, sums
+
+    def as_dict(self) -> dict[str, Tensor]:
+        out = dict(self.loose)
+        if self.packed is not None:
+            out.update(zip(self.keys, self.packed.unbind(), strict=True))
+        return out
+
+
+def _scalars(values: list[Tensor], dtype: torch.dtype | None = None) -> bool:
+    """All 0-dim (and of ``dtype``, if given)."""
+    # A plain loop, not all(<genexpr>): this runs several times per step, and a
+    # generator costs a Python call per value.
+    for v in values:  # noqa: SIM110
+        if v.ndim or (dtype is not None and v.dtype != dtype):
+            return False
+    return True
+
+
+def _float_scalars(values: list[Tensor]) -> bool:
+    return _scalars(values, torch.float32)
 
 
 def reduce_means(env: WorkerEnv, sums: dict[str, Tensor], n: int, prefix: str) -> dict[str, float]:

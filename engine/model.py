@@ -168,7 +168,9 @@ class _BatchNoise:
         self.gen.manual_seed((self.seed * 1_000_003 + step) % (2**63))
 
     def _slice(self, full: Tensor, n: int, device: torch.device) -> Tensor:
-        return full[self.rank * n : (self.rank + 1) * n].to(device, non_blocking=True)
+        if self.world > 1:  # one process keeps all of it: no slicing op per draw
+            full = full[self.rank * n : (self.rank + 1) * n]
+        return full.to(device, non_blocking=True)
 
     def randn(self, n: int, shape: tuple[int, ...], device: torch.device) -> Tensor:
         return self._slice(torch.randn(n * self.world, *shape, generator=self.gen), n, device)

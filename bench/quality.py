@@ -1,0 +1,824 @@
+"""Model quality: the engine's VAE, AE, GAN and AE-GAN next to hand-written PyTorch references. Not a test.
+
+Everything trains on the real MNIST test set split exactly as the engine splits
+it (``engine.data.split``, ``val_fraction=0.1``, ``split_seed=0``): 9,000
+training images, 1,000 held-out images. The engine side is ``engine.fit`` in
+this process (``scaling.num_workers=0``, trainer callbacks off); the reference
+side is a plain PyTorch loop written in this file. Both sides use the same
+architecture, optimizer, batch size, epochs and seeds (the global RNG is seeded
+with the seed before each side builds its nets); each side shuffles its own
+data. Every figure is measured by the same function of :mod:`engine.metrics`
+on the same 1,000 held-out images.
+
+What is compared (the ``ratio`` column is engine / reference, per seed, then
+mean ± sd over seeds):
+
+============  ==============================================================
+VAE           the plugin's default MLP VAE (784-400-20, ReLU, Bernoulli
+              decoder) vs the pytorch/examples VAE written out below
+              (fc1/fc21/fc22/fc3/fc4, summed BCE + KL over the batch, sigmoid
+              outputs). Adam 1e-3, batch 128. Held-out negative ELBO
+              (``metrics.elbo``, 10 posterior samples per image, nats per
+              image); target ratio ≤ 1.00. The IWAE bound (k=50) is shown too.
+AE            the plugin's default MLP AE (784-400-20, ReLU, ``recon_loss=bce``
+              on logits, summed over pixels, batch mean) vs the same nets and
+              the same loss in a hand-written loop. Adam 1e-3, batch 128.
+              Held-out squared error per image (``metrics.reconstruction_error``);
+              target ratio ≤ 1.00.
+GAN           the plugin's MLP GAN (latent 64, two hidden layers of 256,
+              non-saturating loss, one D update per G update) vs a hand-written
+              loop over the plugin's own Generator/Discriminator (instantiated
+              through the model registry, so architecture and initial weights
+              are identical), pytorch/examples-DCGAN style: one fake batch per
+              step, D on ``fake.detach()``, then G. Adam 1e-3, betas
+              (0.5, 0.999) for both nets, batch 64 (at the customary 2e-4 the
+              MLP GAN makes no recognisable digits within 15-20 epochs of 9,000
+              images, on either side). Classifier Fréchet distance
+              of 1,000 samples (``metrics.frechet_report``); target ratio ≤ 1.00.
+cGAN          the same with ``conditional=true``: samples drawn for the digits
+              0..9 must be classified as the requested digit ≥ 90% of the time
+              (``metrics.class_accuracy``); the reference's figure is context.
+AE-GAN        the plugin's AE-GAN (image adversary, deterministic encoder, R1,
+              its default loss weights) with the AE's sizes (``latent_dim=20``,
+              ``hidden=400``, ``depth=1``), the AE's optimizer, batch and
+              epochs, vs the engine AE above: held-out squared error within
+              10% of the AE's, and decoded N(0, I) samples with a lower Fréchet
+              distance than the AE's decoded N(0, I) samples.
+============  ==============================================================
+
+The Fréchet distances use :class:`engine.metrics.FeatureClassifier` trained on
+the 9,000 training images (cached by ``for_dataset``); every one is printed
+next to the real-data floor: 1,000 held-out real images against the same 1,000
+training images every model's samples are compared with.
+
+Settings (default / ``--quick``):
+
+* seeds 0, 1, 2 / 0, 1 (engine and reference alike);
+* VAE and AE 10 / 3 epochs, batch 128;
+* GAN and cGAN 15 / 5 epochs, batch 64;
+* AE-GAN 10 / 3 epochs, batch 128;
+* ``torch.set_num_threads(1)`` on both sides (``--threads``).
+
+The default run needs about 8 minutes of CPU time (one thread), ``--quick``
+about 2 (plus about 1 minute the first time, to train and cache the classifier);
+wall time on a shared machine is longer by however much the CPU is contended.
+The targets are meant for the default run; ``--quick`` is a smoke run.
+
+"Met?" is ``yes`` when the mean over seeds meets the target, ``noise`` when it
+does not but the 95% confidence interval of that mean (Student's t over the
+per-seed values) reaches the target, so the miss is not told apart from seed
+noise, ``NO`` otherwise. With 2 or 3 seeds only gaps of a few percent are
+resolved; run more seeds (``--seeds``) to look closer.
+
+Both sides drop the last partial batch of each epoch, as the engine's training
+loader does (9,000 = 70 × 128 + 40 = 140 × 64 + 40), so they take the same
+number of optimizer steps of the same size. (pytorch/examples keeps the partial
+batch, which would give the reference 1.4% more steps.) The reference VAE sums
+its loss over the batch where the engine averages (Adam is invariant to that
+scale) and trains through ``sigmoid`` + ``binary_cross_entropy`` as
+pytorch/examples does; for evaluation its decoder logits go through the same
+``metrics.elbo`` as the engine's.
+
+Grids (PNG) are written to ``bench/out/quality/`` for the first seed: samples
+from the same noise side by side, reconstructions of the same held-out images
+side by side, and the conditional GAN with row ``r`` = digit ``r``.
+
+Run::
+
+    .venv/bin/python bench/quality.py            # the full comparison
+    .venv/bin/python bench/quality.py --quick    # a fast smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import engine  # noqa: E402
+from engine import checkpoint  # noqa: E402
+from engine.data import ImageData, split, to_float  # noqa: E402
+from engine.metrics import (  # noqa: E402
+    FeatureClassifier,
+    class_accuracy,
+    elbo,
+    frechet_report,
+    iwae_bound,
+    reconstruction_error,
+)
+from engine.plugins import PluginManager, load_plugins, using  # noqa: E402
+
+MNIST_ROOT = Path("/work/shared/data/mnist")
+OUT_DIR = ROOT / "bench" / "out" / "quality"
+CALLBACK_PLUGINS = ("progress", "csv_logger", "tensorboard", "sample_grids", "early_stopping", "plots")
+"""The built-in trainer plugins; blocked (they write files and draw grids we do not need)."""
+EVAL_SEED = 0
+"""Seed of every evaluation: ELBO/IWAE noise, the fixed sample noise, the Fréchet subsets."""
+N_SAMPLES = 1000
+"""Generated images per Fréchet distance: as many as held-out images, so the floor is at the same n."""
+T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+"""Two-sided 95% Student t quantiles by degrees of freedom (2.0 beyond)."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    seeds: tuple[int, ...]
+    vae_epochs: int
+    ae_epochs: int
+    gan_epochs: int
+    aegan_epochs: int
+    batch: int = 128
+    gan_batch: int = 64
+    lr: float = 1e-3
+    gan_lr: float = 1e-3
+    gan_betas: tuple[float, float] = (0.5, 0.999)
+
+
+FULL = Settings(seeds=(0, 1, 2), vae_epochs=10, ae_epochs=10, gan_epochs=15, aegan_epochs=10)
+QUICK = Settings(seeds=(0, 1), vae_epochs=3, ae_epochs=3, gan_epochs=5, aegan_epochs=3)
+
+
+# ---------------------------------------------------------------------------
+# the data, the plugin manager and the classifier, shared by every part
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Context:
+    pm: PluginManager
+    data: dict[str, Any]  # the engine's data config section
+    train: ImageData
+    held: ImageData
+    spec: engine.DataSpec
+    threads: int
+    runs: Path  # the engine's run directories (temporary)
+    out: Path  # the PNG grids
+    clf: FeatureClassifier | None = None
+
+    def real_spread(self) -> float:
+        """Mean pixel std within each class of the held-out images (what a diverse conditional model shows)."""
+        x = to_float(self.held.images)
+        return statistics.fmean(float(x[self.held.labels == c].std(0).mean()) for c in range(10))
+
+    def frechet(self, images: Tensor) -> tuple[float, float]:
+        """``(Fréchet distance, real-data floor)`` of ``images`` against the same 1,000 training images."""
+        assert self.clf is not None
+        r = frechet_report(self.clf, images, self.train.images, self.held.images, seed=EVAL_SEED)
+        return r["frechet"], r["frechet_real_floor"]
+
+
+def make_context(mnist: Path, threads: int, runs: Path, out: Path) -> Context:
+    pm = load_plugins(autoload=False, blocked=CALLBACK_PLUGINS)
+    data = {"name": "mnist", "root": str(mnist), "split": "test", "val_fraction": 0.1, "split_seed": 0}
+    # prepare() validates and loads exactly what fit() will; split() is the engine's own split.
+    config, dataset = engine.prepare({"model": {"name": "vae"}, "data": data}, plugins=pm)
+    train, held = split(dataset, config.data)
+    if (len(train), len(held)) != (9000, 1000):
+        raise SystemExit(f"expected a 9,000 / 1,000 split of the MNIST test set, got {len(train)} / {len(held)}")
+    return Context(pm, data, train, held, dataset.spec, threads, runs, out)
+
+
+def fixed_noise(n: int, dim: int, seed: int = EVAL_SEED) -> Tensor:
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed))
+
+
+def epochs_of(images: Tensor, batch: int, gen: torch.Generator) -> Iterator[Tensor]:
+    """The reference loops' batches of one epoch: a fresh permutation, the last partial batch dropped.
+
+    Dropping it is what the engine's training loader does, so both sides take the
+    same number of optimizer steps of the same size.
+    """
+    idx = torch.randperm(len(images), generator=gen)
+    yield from idx[: len(idx) - len(idx) % batch].split(batch)
+
+
+# ---------------------------------------------------------------------------
+# the engine side
+# ---------------------------------------------------------------------------
+
+
+def fit_engine(
+    ctx: Context, model: dict[str, Any], optim: dict[str, Any], epochs: int, batch: int, seed: int
+) -> tuple[engine.Model, dict[str, float]]:
+    """``engine.fit`` in this process; the trained model loaded back from its final checkpoint."""
+    name = f"{model['name']}-{'-'.join(f'{k}={v}' for k, v in model.items() if k != 'name')}-seed{seed}"
+    config = {
+        "model": model,
+        "data": ctx.data,
+        "optim": optim,
+        "trainer": {
+            "epochs": epochs,
+            "batch_size": batch,
+            "seed": seed,
+            "num_threads": ctx.threads,
+            "checkpoint_every": epochs,
+            "keep_checkpoints": 1,
+        },
+        "scaling": {"num_workers": 0},
+        "run": {"output_dir": str(ctx.runs), "name": name.replace("=", "_"), "resume": "never"},
+        "callbacks": {"progress": False, "csv": False, "tensorboard": False, "sample_every": 0},
+    }
+    result = engine.fit(config, plugins=ctx.pm)
+    assert result.checkpoint is not None
+    state = checkpoint.load(result.checkpoint)
+    # Building the model draws initial weights: keep the global RNG as it was.
+    with using(ctx.pm), torch.random.fork_rng(devices=[]):
+        trained = ctx.pm.models.get(result.config.model.name).obj(result.config.model.params, ctx.spec)
+    trained.load_state_dict(state["model"])
+    return trained.eval(), result.metrics
+
+
+def build_plugin_model(ctx: Context, name: str, fields: dict[str, Any]) -> engine.Model:
+    """A registry model with ``fields``, as the engine builds it (for the references' nets)."""
+    config = engine.resolve({"model": {"name": name, **fields}, "data": ctx.data}, ctx.pm)
+    with using(ctx.pm):
+        return ctx.pm.models.get(name).obj(config.model.params, ctx.spec)
+
+
+# ---------------------------------------------------------------------------
+# reference 1: the pytorch/examples VAE
+# ---------------------------------------------------------------------------
+
+
+class RefVAE(nn.Module):
+    """pytorch/examples ``vae/main.py``: 784-400-20 with separate mean and log-variance heads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(784, 400)
+        self.fc21 = nn.Linear(400, 20)
+        self.fc22 = nn.Linear(400, 20)
+        self.fc3 = nn.Linear(20, 400)
+        self.fc4 = nn.Linear(400, 784)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        h1 = F.relu(self.fc1(x.view(-1, 784)))
+        return self.fc21(h1), self.fc22(h1)
+
+    def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
+        std = torch.exp(0.5 * logvar)
+        eps = torch.randn_like(std)
+        return mu + eps * std
+
+    def decode(self, z: Tensor) -> Tensor:
+        """Logits of the Bernoulli decoder (the example applies ``sigmoid`` in :meth:`forward`)."""
+        return self.fc4(F.relu(self.fc3(z)))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar)
+        return torch.sigmoid(self.decode(z)), mu, logvar
+
+    # what engine.metrics needs
+    def log_likelihood(self, x: Tensor, logits: Tensor) -> Tensor:
+        return -F.binary_cross_entropy_with_logits(logits, x.view(-1, 784), reduction="none").sum(1)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.decode(self.encode(x)[0])).view_as(x)
+
+
+def ref_vae_loss(recon_x: Tensor, x: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """pytorch/examples: reconstruction + KL divergence summed over all elements and the batch."""
+    bce = F.binary_cross_entropy(recon_x, x.view(-1, 784), reduction="sum")
+    kld = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return bce + kld
+
+
+def train_ref_vae(ctx: Context, s: Settings, seed: int) -> RefVAE:
+    torch.set_num_threads(ctx.threads)
+    torch.manual_seed(seed)
+    model = RefVAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(s.vae_epochs):
+        for idx in epochs_of(ctx.train.images, s.batch, gen):
+            data = to_float(ctx.train.images[idx])
+            optimizer.zero_grad()
+            recon_batch, mu, logvar = model(data)
+            loss = ref_vae_loss(recon_batch, data, mu, logvar)
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------
+# reference 2: the autoencoder
+# ---------------------------------------------------------------------------
+
+
+class RefAE(nn.Module):
+    """784-400-20-400-784, ReLU, logits out: the AE plugin's ``arch=mlp`` default."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(784, 400), nn.ReLU(), nn.Linear(400, 20))
+        self.decoder = nn.Sequential(nn.Linear(20, 400), nn.ReLU(), nn.Linear(400, 784))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x)).view_as(x)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self(x))
+
+    def decode_images(self, z: Tensor) -> Tensor:
+        return torch.sigmoid(self.decoder(z)).view(-1, 1, 28, 28)
+
+
+def train_ref_ae(ctx: Context, s: Settings, seed: int) -> RefAE:
+    torch.set_num_threads(ctx.threads)
+    torch.manual_seed(seed)
+    model = RefAE()
+    optimizer = torch.optim.Adam(model.parameters(), lr=s.lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(s.ae_epochs):
+        for idx in epochs_of(ctx.train.images, s.batch, gen):
+            x = to_float(ctx.train.images[idx])
+            # The AE plugin's bce: on logits, summed over pixels, averaged over the batch.
+            loss = F.binary_cross_entropy_with_logits(model(x), x, reduction="none").flatten(1).sum(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------
+# reference 3: the GAN, a hand-written loop over the plugin's nets
+# ---------------------------------------------------------------------------
+
+
+def train_ref_gan(ctx: Context, s: Settings, seed: int, fields: dict[str, Any]) -> engine.Model:
+    """The plugin's Generator and Discriminator trained by a plain non-saturating GAN loop.
+
+    Returns the GAN model object holding them, so its ``sample`` maps to ``[0, 1]``
+    exactly as the engine's does.
+    """
+    torch.set_num_threads(ctx.threads)
+    torch.manual_seed(seed)
+    gan = build_plugin_model(ctx, "gan", fields)
+    gen_net, disc_net = gan.gen, gan.disc
+    latent = gan.config.latent_dim
+    conditional = gan.config.conditional
+    opt_g = torch.optim.Adam(gen_net.parameters(), lr=s.gan_lr, betas=s.gan_betas)
+    opt_d = torch.optim.Adam(disc_net.parameters(), lr=s.gan_lr, betas=s.gan_betas)
+    order = torch.Generator().manual_seed(seed)
+    gan.train()
+    for _ in range(s.gan_epochs):
+        for idx in epochs_of(ctx.train.images, s.gan_batch, order):
+            real = to_float(ctx.train.images[idx]) * 2.0 - 1.0
+            y = ctx.train.labels[idx] if conditional else None
+            ones, zeros = torch.ones(len(idx)), torch.zeros(len(idx))
+            fake = gen_net(torch.randn(len(idx), latent), y)
+            # (1) D: maximise log D(x) + log(1 - D(G(z)))
+            opt_d.zero_grad()
+            loss_d = F.binary_cross_entropy_with_logits(disc_net(real, y), ones) + F.binary_cross_entropy_with_logits(
+                disc_net(fake.detach(), y), zeros
+            )
+            loss_d.backward()
+            opt_d.step()
+            # (2) G: maximise log D(G(z)) (non-saturating)
+            opt_g.zero_grad()
+            loss_g = F.binary_cross_entropy_with_logits(disc_net(fake, y), ones)
+            loss_g.backward()
+            opt_g.step()
+    return gan.eval()
+
+
+# ---------------------------------------------------------------------------
+# results and the table
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the table: per-seed figures of both sides and how the ratio is judged."""
+
+    metric: str
+    engine: list[float] = field(default_factory=list)
+    reference: list[float] = field(default_factory=list)
+    target: str = "info"
+    check: Callable[[float], bool] | None = None  # on the mean ratio (or the mean engine figure)
+    on_ratio: bool = True
+    floor: list[float] = field(default_factory=list)
+
+    def ratios(self) -> list[float]:
+        return [e / r for e, r in zip(self.engine, self.reference, strict=True)]
+
+    def met(self) -> str:
+        if self.check is None:
+            return "-"
+        values = self.ratios() if self.on_ratio else self.engine
+        mean = statistics.fmean(values)
+        if self.check(mean):
+            return "yes"
+        if len(values) > 1:
+            half = T_975.get(len(values) - 1, 2.0) * statistics.stdev(values) / math.sqrt(len(values))
+            if self.check(mean - half) or self.check(mean + half):
+                return "noise"
+        return "NO"
+
+
+def mean_sd(values: list[float], digits: int = 4) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    if len(set(values)) == 1:
+        return f"{m:.{digits}g}"
+    return f"{m:.{digits}g} ± {statistics.stdev(values):.2g}"
+
+
+def ratio_text(values: list[float]) -> str:
+    if not values:
+        return "-"
+    m = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{m:.3f}"
+    return f"{m:.3f} ± {statistics.stdev(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+
+
+def print_table(rows: list[Row]) -> None:
+    header = ("metric", "engine", "reference", "ratio (mean ± sd [min, max])", "target", "met?", "real floor")
+    lines = [
+        (
+            r.metric,
+            mean_sd(r.engine),
+            mean_sd(r.reference),
+            ratio_text(r.ratios()) if r.reference else "-",
+            r.target,
+            r.met(),
+            mean_sd(r.floor) if r.floor else "",
+        )
+        for r in rows
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=True)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(fmt.format(*header))
+    print(fmt.format(*("-" * w for w in widths)))
+    for line in lines:
+        print(fmt.format(*line).rstrip())
+
+
+# ---------------------------------------------------------------------------
+# PNG grids
+# ---------------------------------------------------------------------------
+
+
+def grid_array(images: Tensor, ncol: int, pad: int = 2) -> np.ndarray:
+    """Grey images ``N×1×H×W`` in ``[0, 1]`` tiled ``ncol`` per row on a mid-grey background."""
+    images = images.detach().float().clamp(0, 1).cpu()[:, 0]
+    n, h, w = images.shape
+    nrow = math.ceil(n / ncol)
+    grid = torch.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad), 0.5)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = images[i]
+    return (grid.numpy() * 255).round().astype(np.uint8)
+
+
+def save_panels(path: Path, panels: list[tuple[str, Tensor, int]], scale: int = 2) -> None:
+    """Grids side by side, each under its title, scaled up ``scale`` times (nearest neighbour)."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for _, images, ncol in panels:
+        a = grid_array(images, ncol)
+        tiles.append(Image.fromarray(a, mode="L").resize((a.shape[1] * scale, a.shape[0] * scale), Image.NEAREST))
+    title_h, gap = 16, 16
+    width = sum(t.width for t in tiles) + gap * (len(tiles) - 1)
+    canvas = Image.new("L", (width, title_h + max(t.height for t in tiles)), 255)
+    draw = ImageDraw.Draw(canvas)
+    x = 0
+    for (title, _, _), tile in zip(panels, tiles, strict=True):
+        draw.text((x + 2, 2), title, fill=0)
+        canvas.paste(tile, (x, title_h))
+        x += tile.width + gap
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+
+
+# ---------------------------------------------------------------------------
+# the parts
+# ---------------------------------------------------------------------------
+
+
+class Clock:
+    """Wall time per part and side, printed at the end."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, float]] = {}
+
+    def add(self, part: str, side: str, seconds: float) -> None:
+        d = self.parts.setdefault(part, {})
+        d[side] = d.get(side, 0.0) + seconds
+
+    def timed(self, part: str, side: str, fn: Callable[[], Any]) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            self.add(part, side, time.perf_counter() - t0)
+
+
+def part_classifier(ctx: Context, clock: Clock, cache_dir: Path | None) -> None:
+    t0 = time.perf_counter()
+    ctx.clf = FeatureClassifier.for_dataset(
+        "mnist-test-split0-train9000", ctx.train.images, ctx.train.labels, 10, cache_dir=cache_dir
+    )
+    clock.add("classifier", "train or load", time.perf_counter() - t0)
+    held_acc = class_accuracy(ctx.clf, ctx.held.images, ctx.held.labels)
+    print(
+        f"feature classifier: accuracy {ctx.clf.val_accuracy:.4f} on its own validation part of the training images, "
+        f"{held_acc:.4f} on the 1,000 held-out images ({time.perf_counter() - t0:.1f} s)",
+        flush=True,
+    )
+
+
+def part_vae(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
+    nelbo = Row("VAE held-out -ELBO (nats/image)", target="ratio <= 1.00", check=lambda r: r <= 1.0)
+    iwae = Row("VAE held-out IWAE k=50 bound (nats/image)")
+    fd = Row("VAE samples Frechet (n=1000)")
+    held = ctx.held.images
+    optim = {"algo": "adam", "lr": s.lr}
+    for seed in s.seeds:
+        model, metrics = clock.timed(
+            "VAE", "engine", lambda seed=seed: fit_engine(ctx, {"name": "vae"}, optim, s.vae_epochs, s.batch, seed)
+        )
+        ref = clock.timed("VAE", "reference", lambda seed=seed: train_ref_vae(ctx, s, seed))
+        t0 = time.perf_counter()
+        z = fixed_noise(N_SAMPLES, 20)
+        with torch.no_grad():
+            samples = [torch.sigmoid(m.decode(z)).view(-1, 1, 28, 28) for m in (model, ref)]
+        for row, e, r in (
+            (nelbo, elbo(model, held, samples=10, seed=EVAL_SEED), elbo(ref, held, samples=10, seed=EVAL_SEED)),
+            (iwae, iwae_bound(model, held, k=50, seed=EVAL_SEED), iwae_bound(ref, held, k=50, seed=EVAL_SEED)),
+        ):
+            row.engine.append(e)
+            row.reference.append(r)
+        (fe, floor), (fr, _) = ctx.frechet(samples[0]), ctx.frechet(samples[1])
+        fd.engine.append(fe)
+        fd.reference.append(fr)
+        fd.floor.append(floor)
+        clock.add("VAE", "evaluation", time.perf_counter() - t0)
+        print(
+            f"  VAE seed {seed}: -ELBO engine {nelbo.engine[-1]:.2f} (its own val/elbo {metrics['val/elbo']:.2f}), "
+            f"reference {nelbo.reference[-1]:.2f}; IWAE engine {iwae.engine[-1]:.2f}, "
+            f"reference {iwae.reference[-1]:.2f}",
+            flush=True,
+        )
+        if seed == s.seeds[0]:
+            x = held[:32]
+            with torch.no_grad():
+                rec = [m.reconstruct(to_float(x)) for m in (model, ref)]
+            save_panels(
+                ctx.out / "vae_samples.png",
+                [("engine VAE", samples[0][:64], 8), ("reference VAE", samples[1][:64], 8)],
+            )
+            save_panels(
+                ctx.out / "vae_reconstructions.png",
+                [("held-out", to_float(x), 4), ("engine VAE", rec[0], 4), ("reference VAE", rec[1], 4)],
+            )
+    return [nelbo, iwae, fd]
+
+
+@dataclass
+class AEResults:
+    """What the AE-GAN part compares against: the engine AE's figures per seed."""
+
+    mse: list[float] = field(default_factory=list)
+    prior_fd: list[float] = field(default_factory=list)
+    first_model: engine.Model | None = None
+
+
+def part_ae(ctx: Context, s: Settings, clock: Clock) -> tuple[list[Row], AEResults]:
+    mse = Row("AE held-out squared error (sum over pixels/image)", target="ratio <= 1.00", check=lambda r: r <= 1.0)
+    fd = Row("AE decoded N(0,I) samples Frechet (n=1000)")
+    held = ctx.held.images
+    keep = AEResults()
+    optim = {"algo": "adam", "lr": s.lr}
+    for seed in s.seeds:
+        model, _ = clock.timed(
+            "AE", "engine", lambda seed=seed: fit_engine(ctx, {"name": "ae"}, optim, s.ae_epochs, s.batch, seed)
+        )
+        ref = clock.timed("AE", "reference", lambda seed=seed: train_ref_ae(ctx, s, seed))
+        t0 = time.perf_counter()
+        mse.engine.append(reconstruction_error(model, held))
+        mse.reference.append(reconstruction_error(ref, held))
+        z = fixed_noise(N_SAMPLES, 20)
+        with torch.no_grad():
+            samples = [torch.sigmoid(model.decode(z)), ref.decode_images(z)]
+        (fe, floor), (fr, _) = ctx.frechet(samples[0]), ctx.frechet(samples[1])
+        fd.engine.append(fe)
+        fd.reference.append(fr)
+        fd.floor.append(floor)
+        clock.add("AE", "evaluation", time.perf_counter() - t0)
+        print(f"  AE seed {seed}: MSE engine {mse.engine[-1]:.3f}, reference {mse.reference[-1]:.3f}", flush=True)
+        if seed == s.seeds[0]:
+            keep.first_model = model
+            x = to_float(held[:32])
+            with torch.no_grad():
+                rec = [model.reconstruct(x), ref.reconstruct(x)]
+            save_panels(
+                ctx.out / "ae_reconstructions.png",
+                [("held-out", x, 4), ("engine AE", rec[0], 4), ("reference AE", rec[1], 4)],
+            )
+    keep.mse, keep.prior_fd = list(mse.engine), list(fd.engine)
+    return [mse, fd], keep
+
+
+def part_gan(ctx: Context, s: Settings, clock: Clock, conditional: bool) -> list[Row]:
+    label = "cGAN" if conditional else "GAN"
+    fields: dict[str, Any] = {"arch": "mlp", "loss": "nonsaturating"} | ({"conditional": True} if conditional else {})
+    optim = {"algo": "adam", "lr": s.gan_lr, "betas": list(s.gan_betas)}
+    fd = Row(
+        f"{label} samples Frechet (n=1000)",
+        target="info" if conditional else "ratio <= 1.00",
+        check=None if conditional else (lambda r: r <= 1.0),
+    )
+    acc = Row(
+        "cGAN samples classified as requested digit",
+        target="engine >= 0.90",
+        check=lambda a: a >= 0.90,
+        on_ratio=False,
+    )
+    labels = torch.arange(N_SAMPLES) % 10
+    for seed in s.seeds:
+        model, _ = clock.timed(
+            label,
+            "engine",
+            lambda seed=seed: fit_engine(ctx, {"name": "gan", **fields}, optim, s.gan_epochs, s.gan_batch, seed),
+        )
+        ref = clock.timed(label, "reference", lambda seed=seed: train_ref_gan(ctx, s, seed, fields))
+        t0 = time.perf_counter()
+        z = fixed_noise(N_SAMPLES, model.config.latent_dim)
+        with torch.no_grad():
+            samples = [m.sample(N_SAMPLES, labels=labels, z=z) for m in (model, ref)]
+        (fe, floor), (fr, _) = ctx.frechet(samples[0]), ctx.frechet(samples[1])
+        fd.engine.append(fe)
+        fd.reference.append(fr)
+        fd.floor.append(floor)
+        if conditional:
+            assert ctx.clf is not None
+            acc.engine.append(class_accuracy(ctx.clf, samples[0], labels))
+            acc.reference.append(class_accuracy(ctx.clf, samples[1], labels))
+        clock.add(label, "evaluation", time.perf_counter() - t0)
+        extra = ""
+        if conditional:
+            # Pixel std over the noise within each class (real held-out digits: about 0.15); near 0 means the
+            # generator ignores z.
+            spread = [float(x.view(-1, 10, x[0].numel()).std(0).mean()) for x in samples]
+            extra = (
+                f"; class accuracy engine {acc.engine[-1]:.3f}, reference {acc.reference[-1]:.3f}; "
+                f"within-class pixel std engine {spread[0]:.3f}, reference {spread[1]:.3f} "
+                f"(real {ctx.real_spread():.3f})"
+            )
+        print(
+            f"  {label} seed {seed}: Frechet engine {fe:.2f}, reference {fr:.2f} (floor {floor:.2f}){extra}", flush=True
+        )
+        if seed == s.seeds[0]:
+            if conditional:
+                # 10 × 10: row r asks for digit r.
+                grid_labels = torch.arange(100) // 10
+                zz = fixed_noise(100, model.config.latent_dim, seed=EVAL_SEED + 1)
+                with torch.no_grad():
+                    grids = [m.sample(100, labels=grid_labels, z=zz) for m in (model, ref)]
+                save_panels(
+                    ctx.out / "cgan_samples.png",
+                    [("engine cGAN (row r = digit r)", grids[0], 10), ("reference cGAN", grids[1], 10)],
+                )
+            else:
+                real = to_float(ctx.held.images[:64])
+                save_panels(
+                    ctx.out / "gan_samples.png",
+                    [
+                        ("held-out real", real, 8),
+                        ("engine GAN", samples[0][:64], 8),
+                        ("reference GAN", samples[1][:64], 8),
+                    ],
+                )
+    return [fd, acc] if conditional else [fd]
+
+
+def part_aegan(ctx: Context, s: Settings, clock: Clock, ae: AEResults) -> list[Row]:
+    # The AE's sizes (784-400-20), optimizer, batch and epochs; everything else the plugin's defaults.
+    fields = {"name": "aegan", "arch": "mlp", "latent_dim": 20, "hidden": 400, "depth": 1, "adversary": "image"}
+    mse = Row("AE-GAN held-out squared error; reference = engine AE", target="ratio <= 1.10", check=lambda r: r <= 1.10)
+    fd = Row(
+        "AE-GAN decoded N(0,I) Frechet; reference = engine AE's",
+        target="ratio < 1.00",
+        check=lambda r: r < 1.0,
+    )
+    optim = {"algo": "adam", "lr": s.lr}
+    for i, seed in enumerate(s.seeds):
+        model, metrics = clock.timed(
+            "AE-GAN", "engine", lambda seed=seed: fit_engine(ctx, fields, optim, s.aegan_epochs, s.batch, seed)
+        )
+        t0 = time.perf_counter()
+        mse.engine.append(reconstruction_error(model, ctx.held.images))
+        mse.reference.append(ae.mse[i])
+        z = fixed_noise(N_SAMPLES, 20)
+        with torch.no_grad():
+            samples = model.sample(N_SAMPLES, z=z)
+        fe, floor = ctx.frechet(samples)
+        fd.engine.append(fe)
+        fd.reference.append(ae.prior_fd[i])
+        fd.floor.append(floor)
+        clock.add("AE-GAN", "evaluation", time.perf_counter() - t0)
+        print(
+            f"  AE-GAN seed {seed}: MSE {mse.engine[-1]:.3f} (AE {ae.mse[i]:.3f}); decoded-prior Frechet {fe:.2f} "
+            f"(AE {ae.prior_fd[i]:.2f}); codes E[z²] {metrics.get('val/z_sq', float('nan')):.2f}",
+            flush=True,
+        )
+        if seed == s.seeds[0] and ae.first_model is not None:
+            x = to_float(ctx.held.images[:32])
+            with torch.no_grad():
+                ae_samples = torch.sigmoid(ae.first_model.decode(z[:64]))
+                recs = [ae.first_model.reconstruct(x), model.reconstruct(x)]
+            save_panels(
+                ctx.out / "aegan_samples.png",
+                [("engine AE: decoded N(0,I)", ae_samples, 8), ("engine AE-GAN: decoded N(0,I)", samples[:64], 8)],
+            )
+            save_panels(
+                ctx.out / "aegan_reconstructions.png",
+                [("held-out", x, 4), ("engine AE", recs[0], 4), ("engine AE-GAN", recs[1], 4)],
+            )
+    return [mse, fd]
+
+
+# ---------------------------------------------------------------------------
+# main
+# ---------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer epochs and seeds (a ~3 minute smoke run)")
+    p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3, --quick 2)")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on both sides (default 1)")
+    p.add_argument("--mnist", type=Path, default=MNIST_ROOT, help="directory with the MNIST test files")
+    p.add_argument("--out", type=Path, default=OUT_DIR, help="where the PNG grids go")
+    p.add_argument("--cache-dir", type=Path, default=None, help="classifier cache (default engine.metrics')")
+    p.add_argument("--parts", default="vae,ae,gan,cgan,aegan", help="comma-separated subset of vae,ae,gan,cgan,aegan")
+    args = p.parse_args(argv)
+    s = QUICK if args.quick else FULL
+    if args.seeds is not None:
+        s = dataclasses.replace(s, seeds=tuple(range(args.seeds)))
+    parts = set(args.parts.split(","))
+    torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
+    print(
+        f"gentrain quality bench ({'quick' if args.quick else 'full'}): torch {torch.__version__}, "
+        f"{args.threads} thread(s), seeds {list(s.seeds)}\n"
+        f"  VAE/AE {s.vae_epochs}/{s.ae_epochs} epochs, batch {s.batch}, Adam {s.lr:g}; "
+        f"GAN/cGAN {s.gan_epochs} epochs, batch {s.gan_batch}, Adam {s.gan_lr:g} betas {s.gan_betas}; "
+        f"AE-GAN {s.aegan_epochs} epochs, batch {s.batch}, Adam {s.lr:g}",
+        flush=True,
+    )
+    clock = Clock()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gentrain-quality-") as runs:
+        ctx = make_context(args.mnist, args.threads, Path(runs), args.out)
+        print(f"data: MNIST test set, {len(ctx.train)} training / {len(ctx.held)} held-out images (engine split)")
+        part_classifier(ctx, clock, args.cache_dir)
+        ae: AEResults | None = None
+        if "vae" in parts:
+            rows += part_vae(ctx, s, clock)
+        if "ae" in parts or "aegan" in parts:
+            ae_rows, ae = part_ae(ctx, s, clock)
+            rows += ae_rows
+        if "gan" in parts:
+            rows += part_gan(ctx, s, clock, conditional=False)
+        if "cgan" in parts:
+            rows += part_gan(ctx, s, clock, conditional=True)
+        if "aegan" in parts and ae is not None:
+            rows += part_aegan(ctx, s, clock, ae)
+
+    print()
+    print_table(rows)
+    print()
+    print("wall time per part (s):")
+    for part, sides in clock.parts.items():
+        print(f"  {part:<10} " + ", ".join(f"{side} {sec:.1f}" for side, sec in sides.items()))
+    print(f"  total      {time.perf_counter() - t_start:.1f}")
+    print(f"grids: {args.out}/")
+
+
+if __name__ == "__main__":
+    main()
