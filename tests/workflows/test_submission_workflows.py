@@ -1,10 +1,10 @@
 """The two ways users submit recipes, end to end on this machine (loopback only).
 
-Both scripts stop every Ray process of this user on the machine when they end
-(`ray stop` / `ray down` work that way), so they run only when asked:
-``GENTRAIN_E2E=1`` (``.ci/run`` sets it; run them when no other Ray cluster of
-yours is alive). They run last in the session (this file sorts after the
-other test folders) and shut the session's own Ray down first.
+They install Debian packages when missing, run an sshd on loopback and add
+(then remove) a block in ``~/.bashrc``, so they run only when asked:
+``GENTRAIN_E2E=1`` (``.ci/run`` sets it). Each cluster lives in a temp dir of
+its own and only its processes are stopped; the session's own Ray is shut
+down first all the same, to leave the two CPUs to the workflow.
 """
 
 from __future__ import annotations
@@ -23,13 +23,13 @@ pytestmark = [
     pytest.mark.ray,
     pytest.mark.skipif(
         os.environ.get("GENTRAIN_E2E") != "1",
-        reason="stops every Ray process on the machine; set GENTRAIN_E2E=1 to run (.ci/run does)",
+        reason="installs packages, runs an sshd, edits ~/.bashrc; set GENTRAIN_E2E=1 to run (.ci/run does)",
     ),
 ]
 
 
 def run_script(name: str, out: Path, ray_session: Any) -> str:
-    ray_session.shutdown()  # the session's local Ray must not be alive during `ray stop`
+    ray_session.shutdown()  # frees the CPUs; the next Ray test starts it again
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     proc = subprocess.run(
         ["bash", str(HERE / name), str(out)], capture_output=True, text=True, timeout=600, env=env
