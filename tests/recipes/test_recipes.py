@@ -57,3 +57,13 @@ def test_fit_recipe_smoke(name: str, tmp_path: Path, ray_local: Any) -> None:
     assert list((run_dir / "checkpoints").glob("step=*.pt"))
     assert (run_dir / "metrics.csv").is_file()
     assert list((run_dir / "samples").glob("*.png"))
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("name", ["tune_vae", "tune_gan"])
+def test_tune_recipe_smoke(name: str, tmp_path: Path, ray_local: Any) -> None:
+    out = run_recipe(name, [], tmp_path)
+    (best,) = tmp_path.glob("*/best.yaml")
+    assert (best.parent / "trials.csv").is_file()
+    assert (best.parent / "trials.png").is_file()
+    assert str(best.parent) in out
