@@ -784,23 +784,16 @@ def make_trainable(setup: TrialSetup) -> Callable[[dict[str, Any]], None]:
         try:
             gentrain_trial(params)
         except GentrainError as e:
-            if _survives_pickling(e):
+            # Tune sends the error to the driver pickled: send one that survives that.
+            from engine.distributed import sendable_error
+
+            sendable = sendable_error(e, 0)
+            if sendable is e:
                 raise
-            # Tune sends the error to the driver pickled; ConfigError's arguments do not survive that.
-            raise TrainingError(f"{type(e).__name__}: {e}") from None
+            raise sendable from None
 
     run_trial.__name__ = run_trial.__qualname__ = "gentrain_trial"
     return run_trial
-
-
-def _survives_pickling(error: BaseException) -> bool:
-    from ray import cloudpickle
-
-    try:
-        cloudpickle.loads(cloudpickle.dumps(error))
-    except Exception:
-        return False
-    return True
 
 
 def _trial_dirname(trial: Any) -> str:
