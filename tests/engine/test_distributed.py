@@ -253,19 +253,29 @@ def test_worker_errors_reach_the_caller(worker_env: PluginManager, ray_local: An
     assert info.value.__cause__ is not None  # Ray's error, with the worker's traceback
 
 
+class Unrebuildable(Exception):
+    """An exception whose class cannot be rebuilt from its pickled args."""
+
+    def __init__(self, field: str, value: object) -> None:
+        super().__init__(f"{field} = {value!r}")
+
+
 def test_errors_ray_cannot_unpickle_still_reach_the_caller() -> None:
     import pickle
 
-    # ConfigError cannot be rebuilt from its pickled arguments: Ray would call
-    # that a failed health check (checked by hand: 'A worker health check failed').
-    error = ConfigError.one("model.crash", "x", "injected")
+    # Ray would call an error it cannot unpickle a failed health check
+    # (checked by hand: 'A worker health check failed').
+    error = Unrebuildable("model.crash", "x")
     sent = distributed.sendable_error(error, rank=1)
     assert isinstance(sent, TrainingError)
-    assert "ConfigError: invalid config:\n  model.crash = 'x': injected" in str(sent)
+    assert "Unrebuildable: model.crash = 'x'" in str(sent)
     assert "raised on rank 1" in str(sent)
     assert str(pickle.loads(pickle.dumps(sent))) == str(sent)
     plain = RuntimeError("fine")
     assert distributed.sendable_error(plain, rank=0) is plain
+    # The engine's own ConfigError is rebuilt from its problems, so it travels as itself.
+    config_error = ConfigError.one("model.crash", "x", "injected")
+    assert distributed.sendable_error(config_error, rank=1) is config_error
 
 
 def test_engine_errors_from_workers_arrive_as_themselves(worker_env: PluginManager, tmp_path: Path) -> None:
