@@ -222,7 +222,11 @@ def worker_env_vars() -> dict[str, str]:
     inherit the raylet's environment, not the driver's, so the print patch
     setting must travel with the job.
     """
-    env = {k: os.environ[k] for k in PROPAGATED_ENV if os.environ.get(k)}
+    # The plugin variables always travel, empty when unset here: otherwise a
+    # worker would keep whatever the raylet's environment had when the cluster started.
+    env = {k: os.environ.get(k, "") for k in (EXTRA_ENV, BLOCK_ENV, AUTOLOAD_ENV)}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     env["RAY_TRAIN_ENABLE_PRINT_PATCH"] = os.environ.get("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     return env
 
