@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     _, note = overhead.data_section(args.limit)
     print(f"# bench/data_path.py: {note}, batch {args.batch}, threads {args.threads}")
-    result: dict[str, Any] = {"data": note}
+    result: dict[str, Any] = {"data": note, "threads": args.threads}
 
     loaders = {n: engine_loader(n, args, args.batch) for n in LOADERS}
     alone = rounds(args, {n: (lambda n=n: loader_epoch_s(loaders[n])) for n in LOADERS})

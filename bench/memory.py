@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import json
 import resource
 import statistics
@@ -64,17 +65,19 @@ def child(variant: str, args: argparse.Namespace) -> None:
     train = {"raw": overhead.train_raw, "engine": overhead.train_engine, "lightning": overhead.train_lightning}
     train[variant](s, args, args.epochs)
     kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"variant": variant, "maxrss_kib": kib}))
+    print(json.dumps({"variant": variant, "maxrss_kib": kib, "data": s.data_note}))
 
 
-def measure(variant: str, args: argparse.Namespace) -> int:
+def measure(variant: str, args: argparse.Namespace) -> tuple[int, str]:
+    """Peak RSS (KiB) of one fresh child running ``variant``, and the child's description of the data."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant]
     cmd += ["--epochs", str(args.epochs), "--threads", str(args.threads), "--limit", str(args.limit)]
-    cmd += ["--batch", str(args.batch), "--device", args.device, "--precision", args.precision]
+    cmd += ["--batch", str(args.batch), "--device", args.device, "--precision", args.precision, "--arch", args.arch]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"{variant} child failed:\n{out.stderr[-3000:]}")
-    return int(json.loads(out.stdout.strip().splitlines()[-1])["maxrss_kib"])
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(report["maxrss_kib"]), report.get("data", "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,34 +85,50 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:2] == ["--child", "baseline"]:  # before anything imports the engine
         baseline_child(argv[2:])
         return 0
-    sys.path.insert(0, str(HERE))
-    import overhead
+    if argv[:1] == ["--child"]:
+        sys.path.insert(0, str(HERE))
+        import overhead
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    overhead.add_common_args(p)
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    if args.child:
+        p = argparse.ArgumentParser()
+        overhead.add_common_args(p)
+        p.add_argument("--child", choices=VARIANTS)
+        p.add_argument("--epochs", type=int, default=2)
+        args = p.parse_args(argv)
         child(args.child, args)
         return 0
 
-    variants = [v for v in VARIANTS if v != "lightning" or overhead.lightning_available()]
-    _, note = overhead.data_section(args.limit)
-    print(f"# bench/memory.py: VAE ({args.arch}) on {note}, {args.epochs} epochs, batch {args.batch}")
-    print(f"  each variant in a fresh subprocess, {args.reps} rounds interleaved; ru_maxrss")
+    # The parent stays small (no torch, no engine): on Linux a child's ru_maxrss starts
+    # from the high-water mark of the process it was forked from.
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--limit", type=int, default=9000)
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--arch", choices=["mlp", "conv"], default="mlp")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+
+    variants = [v for v in VARIANTS if v != "lightning" or importlib.util.find_spec("lightning") is not None]
+    print(f"# bench/memory.py: VAE ({args.arch}), {args.epochs} epochs, batch {args.batch}, threads {args.threads}")
+    print(f"  each variant in a fresh subprocess of a parent that imports no torch, {args.reps} rounds; ru_maxrss")
     if "lightning" not in variants:
         print("  lightning: skipped: lightning not installed")
     rss: dict[str, list[int]] = {v: [] for v in variants}
+    note = ""
     t0 = time.perf_counter()
     for r in range(args.reps):
         k = r % len(variants)
         order = variants[k:] + variants[:k]
         for v in order:
-            rss[v].append(measure(v, args))
+            kib, data = measure(v, args)
+            rss[v].append(kib)
+            note = data or note
         print(f"    round {r + 1}/{args.reps}: " + "  ".join(f"{v}={rss[v][-1] / 1024:.0f}MiB" for v in variants))
     med = {v: statistics.median(xs) / 1024 for v, xs in rss.items()}
+    print(f"  data: {note}")
     print(f"  {'variant':<10} {'peak RSS MiB':>13} {'over baseline':>14}")
     for v in variants:
         print(f"  {v:<10} {med[v]:>13.1f} {med[v] - med['baseline']:>+14.1f}")

@@ -28,8 +28,9 @@ noise). The overhead was not in pluggy (the hook calls are measured above, a few
 data path (the same gather and conversion on both sides, within 10 µs per batch), nor in page faults
 (none per step on either side). It was in small tensor ops the loop ran per step for *each logged value*:
 `detach`, `float`, `/ k`, `isfinite` (itself several kernels), `.item()`, and an `add` into the epoch sums,
-plus `loss / k` with its backward node: 29 top-level aten ops per VAE step (4 logged values) that the raw
-loop does not run. A scalar op costs ~3 µs in a hot micro-benchmark but several times that right after a
+plus `loss / k` with its backward node and a slice of the noise for the rank: 26 top-level aten ops per VAE
+step (4 logged values: `div` 5, `to` 4, `detach` 4, `isfinite` 4, `item` 4, `add` 4, `slice` 1) that the
+raw loop does not run. A scalar op costs ~3 µs in a hot micro-benchmark but several times that right after a
 backward pass has evicted the dispatcher's code and data from the caches, which is why ~20 such ops showed
 up as 150-290 µs per step (2-3.5 % of the 1-thread MLP step). Edits in `engine/loop.py`, each with
 bit-identical values (checked: epoch metrics and final parameters equal to the unedited loop for
@@ -43,9 +44,13 @@ vae, vae with accumulate_grad_batches=2 and KL warm-up, vae bf16, gan, WGAN-GP g
    GPU instead of one per value); the old per-value path reports the offending values as before;
 4. the epoch sums (`LossSums`) kept stacked: one `add_` per step while the keys stay the same, element-wise
    the same float32 additions in the same order; a change of keys falls back to per-key sums;
-5. `sync_context` returns a `nullcontext` when no sub-network is DDP-wrapped (no `ExitStack` per micro-batch).
+5. `sync_context` returns a `nullcontext` when no sub-network is DDP-wrapped (no `ExitStack` per micro-batch);
+6. the scalar/dtype checks of 2-4 are plain loops (a generator costs a Python call per value);
+7. `engine/model.py`, `_BatchNoise`: no slicing op per noise draw when there is one process (the slice of
+   rank 0 of 1 is the whole tensor).
 
-Together: 29 → 7 extra top-level aten ops per VAE step (the counts above are after the edits).
+Together: 26 → 7 extra top-level aten ops per VAE step (`stack` 3, `unbind`, `add_`, and `tolist`'s
+`resolve_conj`/`resolve_neg`; the counts above are after the edits).
 
 **What stands in the way of a clean ≤ 1.02 verdict on this machine.** (a) Noise: other engineers' test suites
 (Ray clusters) ran throughout; the load averages are in the header and the min/max columns show the spread.
@@ -260,15 +265,16 @@ def main() -> int:
         p(
             f"A/B in the timing rounds: engine with the built-in callbacks loaded / blocked = "
             f"{vae['wall_ratios']['engine/engine-bare']:.4f} (wall), {vae['cpu_ratios']['engine/engine-bare']:.4f} "
-            "(thread-CPU), i.e. within the noise of whole-run timing."
+            "(thread-CPU): whole-run timing, far noisier than the few µs measured in isolation above."
         )
     p("")
 
     # -- data path -------------------------------------------------------------
     p("## Data path")
     p("")
-    p(f"{dp['data']}, batch {args['batch']}, 1 thread. *Loader alone*: one epoch of the engine's training loader,")
-    p("batches only. *VAE training*: `engine.fit` with `data.loader=memory` / `dataloader` (0 loader workers),")
+    p(f"{dp['data']}, batch {args['batch']}, {dp.get('threads', '?')} thread(s).")
+    p("*Loader alone*: one epoch of the engine's training loader, batches only. *VAE training*: `engine.fit`")
+    p("with `data.loader=memory` / `dataloader` (0 loader workers),")
     p("timed epochs after the first. *Python calls per batch*: `sys.setprofile` call events per batch.")
     p("")
     cpu_sps = dp.get("train_cpu_samples_per_s", {})
@@ -296,6 +302,8 @@ def main() -> int:
     p("## Peak memory")
     p("")
     p(f"VAE, {mem['epochs']} epochs; each variant in a fresh subprocess (`ru_maxrss`), rounds interleaved, medians.")
+    p("The parent launching them imports no torch: on Linux a child's `ru_maxrss` starts from the high-water mark")
+    p("of the process it was forked from (kept across `execve`), which would otherwise floor every figure.")
     p("`baseline` = `import torch` + the MNIST images read by hand, nothing else imported. The raw loop builds")
     p("its net through the registry too, so it imports the engine package and the model/loss plugins (not the")
     p("callbacks); `engine` loads every built-in plugin and writes its final checkpoint.")
@@ -322,7 +330,8 @@ def main() -> int:
         p("Met in this run for both models.")
     p("")
     p("**What the engine does per step beyond the raw loop**, counted over a whole epoch of each side's real loop")
-    p("(data loading included; `torch.profiler` aten ops and `sys.setprofile` Python calls; deterministic):")
+    p("(data loading included; `torch.profiler` aten ops and `sys.setprofile` Python calls; deterministic;")
+    p("per-epoch work, under 0.5 op per step, is left out of the last column):")
     p("")
     p("| model | side | aten ops/step | top-level | Python calls/step | engine - raw, top-level ops/step |")
     p("|---|---|---|---|---|---|")
@@ -331,7 +340,8 @@ def main() -> int:
         if res is None:
             continue
         c = res["counts"]
-        extra = ", ".join(f"`{k.removeprefix('aten::')}` {v:+.0f}" for k, v in c["engine_minus_raw_top_level"].items())
+        per_step = {k: v for k, v in c["engine_minus_raw_top_level"].items() if abs(v) >= 0.5}
+        extra = ", ".join(f"`{k.removeprefix('aten::')}` {v:+.0f}" for k, v in per_step.items())
         for side in ("raw", "engine", "lightning"):
             if side in c:
                 d = c[side]
