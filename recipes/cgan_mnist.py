@@ -1,6 +1,6 @@
 """Conditional GAN on MNIST: class labels fed to generator and (projection) discriminator.
 
-The sample grids hold one row per digit.
+The sample grids hold one column per digit.
 
     python recipes/cgan_mnist.py
 """

@@ -58,7 +58,8 @@ def gentrain_on_train_epoch_end(trainer: Any, epoch: int) -> None:
                 except NotImplementedError:
                     samples = None
                 if samples is not None:
-                    nrow = spec.num_classes if spec.num_classes and spec.num_classes <= 16 else None
+                    # One column per class when there are enough classes to fill a row (MNIST: 10).
+                    nrow = spec.num_classes if spec.num_classes and 8 <= spec.num_classes <= 16 else None
                     image_grid(samples, nrow=nrow).save(out / f"epoch={epoch + 1:04d}-samples.png")
                 batch = getattr(trainer, "fixed_batch", None)
                 if batch is not None:
