@@ -21,7 +21,7 @@ if [[ -n "${REPORT_FROM:-}" ]]; then
     exit 0
 fi
 
-# Kept if anything fails (rerun the report with REPORT_FROM=<it>); removed on success.
+# The scripts' JSON and logs are kept there (a few KB): REPORT_FROM=<it> rewrites RESULTS.md from them.
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/gentrain-bench.XXXXXX")
 echo "outputs in $OUT"
 
@@ -51,5 +51,4 @@ cat /proc/loadavg > "$OUT/load_end.txt"
 date +%s > "$OUT/t_end.txt"
 "$PY" bench/report.py "$OUT" > bench/RESULTS.md.tmp
 mv bench/RESULTS.md.tmp bench/RESULTS.md
-rm -rf "$OUT"
-echo "wrote bench/RESULTS.md"
+echo "wrote bench/RESULTS.md (from $OUT)"
