@@ -33,10 +33,11 @@ class Generator(nn.Module):
         super().__init__()
         self.shape = data.shape
         self.num_classes = data.num_classes if config.conditional else None
-        # Labels enter as a learned embedding as wide as the noise (N(0, 1) at
-        # init), so the class signal is not drowned by the noise at the start.
-        self.embed = nn.Embedding(self.num_classes, config.latent_dim) if self.num_classes else None
-        d_in = config.latent_dim * (2 if self.embed is not None else 1)
+        # Labels enter as a fixed one-hot code. A learned label embedding as wide
+        # as z let the generator encode each class as one prototype and ignore z
+        # (every sample of a class the same image); a one-hot keeps z in charge of
+        # the variation within a class.
+        d_in = config.latent_dim + (self.num_classes or 0)
         c, h, _ = data.shape
         if config.arch == "mlp":
             layers: list[nn.Module] = []
@@ -69,10 +70,10 @@ class Generator(nn.Module):
             _dcgan_init(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
-        if self.embed is not None:
+        if self.num_classes is not None:
             if labels is None:
                 raise ValueError("a conditional generator needs labels")
-            z = torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+            z = torch.cat([z, nn.functional.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
         return torch.tanh(self.net(z)).view(-1, *self.shape)
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import engine
 from engine.datasets import make_shapes
-from engine.metrics import frechet_distance
+from engine.metrics import FeatureClassifier, class_accuracy, frechet_distance
 from plugins.gan import GAN, GANConfig
 
 MNIST_ROOT = Path("/work/shared/data/mnist")
@@ -109,28 +109,30 @@ def test_dcgan_learns_the_data(tmp_path: Path, held_out: torch.Tensor) -> None:
 @pytest.mark.mnist
 @pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason=f"MNIST files not found under {MNIST_ROOT}")
 def test_conditional_samples_follow_their_labels(tmp_path: Path) -> None:
-    """Per-class sample means look like that class's real mean, not the others'."""
-    cfg = config(tmp_path, {"conditional": True}, epochs=3, optim={"lr": 1e-3, "betas": [0.5, 0.999]}, data=MNIST)
-    _, model, _ = fit(cfg)
-    # Held-out images: MNIST's test split beyond the 3000 trained on.
+    """A classifier trained on held-out digits reads the requested label; samples of one label still vary."""
+    data = {**MNIST, "limit": 7000}
+    cfg = config(tmp_path, {"conditional": True}, epochs=5, optim={"lr": 1e-3, "betas": [0.5, 0.999]}, data=data)
+    untrained, model, _ = fit(cfg)
+    # Held-out images: MNIST's test split beyond the 7000 trained on.
     held = engine.prepare({**cfg, "data": {**MNIST, "limit": None, "val_fraction": 0.0}})[1]
-    x, y = held.images[3000:].float() / 255, held.labels[3000:]
-    k = 10
-    real = torch.stack([x[y == c].mean(0).flatten() for c in range(k)])
+    x, y = held.images[7000:].float() / 255, held.labels[7000:]
+    clf = FeatureClassifier.for_dataset("mnist-heldout", x, y, 10, cache_dir=tmp_path, epochs=2)
+    k, per_class = 10, 100
+    labels = torch.arange(k).repeat_interleave(per_class)
     with torch.no_grad(), torch.random.fork_rng():
         torch.manual_seed(0)
-        fake = model.sample(200 * k, labels=torch.arange(k).repeat_interleave(200)).view(k, 200, -1).mean(1)
-    # Correlate what distinguishes each class: its mean minus the mean over classes.
-    real_c, fake_c = real - real.mean(0), fake - fake.mean(0)
-    corr = torch.corrcoef(torch.cat([fake_c, real_c]))[:k, k:]  # corr[i, j]: fake class i vs real class j
-    diag = corr.diag()
-    off = (corr.sum(1) - diag) / (k - 1)
-    hits = int((corr.argmax(1) == torch.arange(k)).sum())
-    # Seen: 10/10 classes, diagonal 0.72-0.75 vs off-diagonal -0.08.
-    assert hits >= 8, f"only {hits}/10 classes' samples look most like their own class\n{corr}"
-    assert float(diag.mean() - off.mean()) >= 0.3, corr
-    # The samples differ per label about as much as the real class means do.
-    assert fake_c.norm(dim=1).mean() >= 0.25 * real_c.norm(dim=1).mean()
+        fake = model.sample(k * per_class, labels=labels)
+        before = untrained.sample(k * per_class, labels=labels)
+    accuracy, chance = class_accuracy(clf, fake, labels), class_accuracy(clf, before, labels)
+    # Pixel std across samples of one label, averaged: what a generator that ignores z lacks.
+    spread = float(fake.view(k, per_class, -1).std(1).mean())
+    real_spread = float(torch.stack([x[y == c].std(0).mean() for c in range(k)]).mean())
+    print(f"class accuracy {accuracy:.3f} (untrained {chance:.3f}); spread {spread:.3f} (real {real_spread:.3f})")
+    # Seen: accuracy 0.56 (chance 0.10) and spread 0.093 (real 0.149) after 5 epochs; a generator that
+    # turned each label into one fixed image scored spread 0.003.
+    assert accuracy >= 0.35, accuracy
+    assert chance <= 0.2, chance
+    assert spread >= 0.4 * real_spread, (spread, real_spread)
 
 
 # -- sizing and sampling (no training) ----------------------------------------
