@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from engine.config import DataConfig
-from engine.errors import ConfigError
+from engine.errors import ConfigError, DataError
 from engine.model import Batch, DataSpec
 
 
@@ -61,7 +61,12 @@ def to_float(images: Tensor) -> Tensor:
 def load_data(data: DataConfig, plugins: Any) -> ImageData:
     """Build the dataset ``data.name`` through its registered factory, then apply ``data.limit``."""
     entry = plugins.datasets.get(data.name)
-    dataset: ImageData = entry.obj(data.params, data)
+    try:
+        dataset: ImageData = entry.obj(data.params, data)
+    except DataError as exc:
+        # The reader knows the file; the user needs the config fields that led to it.
+        where = f"data.name = {data.name!r}" + (f", data.root = {data.root!r}" if data.root else "")
+        raise DataError(f"{where}: {exc}") from exc
     if data.limit is not None:
         dataset = dataset.subset(torch.arange(min(data.limit, len(dataset))))
     return dataset

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import math
+import os
+import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -174,6 +178,72 @@ def test_cli_rejects_a_bad_config_before_training(tmp_path: Path) -> None:
     assert "model.name = 'vea': unknown model (did you mean 'vae'?)" in out.stderr
     assert "trainer.epochs = -1: must be greater than 0" in out.stderr
     assert list(tmp_path.iterdir()) == []  # nothing started, nothing written
+
+
+def _write_mnist_test_split(root: Path, images: bytes) -> None:
+    """MNIST's test-split file names; ``images`` the (damaged) images file, labels intact."""
+    root.mkdir()
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(images)
+    labels = bytes([0, 0, 8, 1]) + struct.pack(">I", 100) + bytes(100)
+    (root / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+
+
+def _truncated_idx(root: Path) -> None:
+    header = bytes([0, 0, 8, 3]) + struct.pack(">3I", 100, 28, 28)
+    _write_mnist_test_split(root, gzip.compress(header + bytes(5000)))
+
+
+def _corrupted_gzip(root: Path) -> None:
+    good = bytearray(gzip.compress(bytes([0, 0, 8, 3]) + struct.pack(">3I", 100, 28, 28) + bytes(78400)))
+    good[30:60] = b"\xff" * 30
+    _write_mnist_test_split(root, bytes(good))
+
+
+@pytest.mark.parametrize(
+    ("case", "args", "expected"),
+    [
+        (
+            "batch-over-dataset",
+            ["data.name=shapes", "data.n=100", "trainer.batch_size=64"],
+            "trainer.batch_size = 64: batch_size × num_workers × accumulate_grad_batches = 128 exceeds "
+            "the 90 training images of 'shapes'",
+        ),
+        (
+            "missing-data-dir",
+            ["data.name=mnist", "data.root={tmp}/absent"],
+            "data.name = 'mnist', data.root = '{tmp}/absent': data root {tmp}/absent does not exist. "
+            "Create it and copy the MNIST files into it, or set data.download=true to fetch them",
+        ),
+        (
+            "truncated-idx",
+            ["data.name=mnist", "data.root={tmp}/mnist", "data.split=test"],
+            "data.root = '{tmp}/mnist': {tmp}/mnist/t10k-images-idx3-ubyte.gz: IDX file truncated: "
+            "dimensions [100, 28, 28] need 78400 data bytes, found 5000",
+        ),
+        (
+            "corrupted-gzip",
+            ["data.name=mnist", "data.root={tmp}/mnist", "data.split=test"],
+            "{tmp}/mnist/t10k-images-idx3-ubyte.gz is a corrupted gzip file",
+        ),
+    ],
+)
+def test_bad_data_fails_before_ray_starts(tmp_path: Path, case: str, args: list[str], expected: str) -> None:
+    if case == "truncated-idx":
+        _truncated_idx(tmp_path / "mnist")
+    elif case == "corrupted-gzip":
+        _corrupted_gzip(tmp_path / "mnist")
+    out_dir = tmp_path / "out"
+    command = [sys.executable, "-m", "engine.cli", "fit", "model.name=vae", "scaling.num_workers=2"]
+    command += [a.format(tmp=tmp_path) for a in args] + [f"run.output_dir={out_dir}"]
+    # Nothing listens on this address: reaching Ray at all would fail differently (or hang).
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    t0 = time.perf_counter()
+    out = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 2, out.stderr
+    assert expected.format(tmp=tmp_path) in out.stderr
+    assert out.stderr.startswith("gentrain: error: ") and "Traceback" not in out.stderr
+    assert not out_dir.exists()  # no run directory, no checkpoint, no log
+    assert time.perf_counter() - t0 < 60
 
 
 # -- property-based: the validator only ever raises its own error -----------------

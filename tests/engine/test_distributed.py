@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -331,6 +333,55 @@ def test_rerun_resumes_and_a_new_name_starts_fresh(
     assert sum("[gentrain] again: ddp_ae on shapes, 2 worker(s)" in line for line in lines) == 1
     assert sum("epoch 3/3" in line for line in lines) == 1
     assert not [line for line in lines if " INFO " in line or "Reporting training result" in line]
+
+
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "ray-2-workers"])
+def test_killed_driver_rerun_resumes(worker_env: PluginManager, ray_local: Any, tmp_path: Path, workers: int) -> None:
+    """``gentrain fit`` SIGKILLed mid-run (driver and all), then the same command again: it resumes."""
+    import ray
+    import yaml
+
+    config = run_config(
+        tmp_path, "driver", workers=workers, params={"crash": "wait_for_kill", "crash_epoch": 1, "crash_rank": 0}
+    )
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "engine.cli", "fit", str(config_path)]
+    # The test session's cluster, as a `ray start` cluster would be found: killing the driver leaves it up.
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    run_dir = tmp_path / "driver"
+    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        # Rank 0 writes its PID once epoch 1 is under way (epoch 0's checkpoint is on disk), then waits.
+        wait_for(lambda: (run_dir / "pid").exists() or first.poll() is not None, 180, "rank 0 in epoch 1")
+        assert first.poll() is None, first.communicate()[0].decode()[-3000:]
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+    worker_pid = int((run_dir / "pid").read_text())
+    # Ray ends the dead driver's workers: nothing of the first run keeps training or writing.
+    wait_for(lambda: not _alive(worker_pid), 60, f"the first run's rank 0 (pid {worker_pid}) to end")
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    started = epochs_started(run_dir)
+    # Epoch 0 ran once; epoch 1, cut short by the kill, ran again from epoch 0's checkpoint.
+    assert [e for e, _ in started] == [0, 1, 1, 2]
+    assert worker_pid not in {p for _, p in started[2:]}
+    assert csv_epochs(run_dir) == [1, 2, 3]
+    latest = ckpt.latest(run_dir / "checkpoints")
+    assert latest is not None
+    assert ckpt.load(latest)["epoch"] == 3
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (killed, not yet reaped by its parent) no longer runs.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())
 
 
 # ---------------------------------------------------------------------------
