@@ -241,7 +241,8 @@ def test_bad_data_fails_before_ray_starts(tmp_path: Path, case: str, args: list[
     out = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 2, out.stderr
     assert expected.format(tmp=tmp_path) in out.stderr
-    assert out.stderr.startswith("gentrain: error: ") and "Traceback" not in out.stderr
+    assert out.stderr.startswith("gentrain: error: ")
+    assert "Traceback" not in out.stderr
     assert not out_dir.exists()  # no run directory, no checkpoint, no log
     assert time.perf_counter() - t0 < 60
 
