@@ -31,9 +31,7 @@ pytestmark = [
 def run_script(name: str, out: Path, ray_session: Any) -> str:
     ray_session.shutdown()  # frees the CPUs; the next Ray test starts it again
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    proc = subprocess.run(
-        ["bash", str(HERE / name), str(out)], capture_output=True, text=True, timeout=600, env=env
-    )
+    proc = subprocess.run(["bash", str(HERE / name), str(out)], capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc.stdout
 
