@@ -241,7 +241,6 @@ def train(
             train_loader.set_epoch(epoch)
             batches = train_loader.iter_from(trainer.batch_in_epoch)
             sums = LossSums()
-            n_steps = 0
             for _ in range(
                 trainer.batch_in_epoch // batches_per_step(phases, t.accumulate_grad_batches), steps_per_epoch
             ):
@@ -251,14 +250,13 @@ def train(
                 noise.reseed(trainer.step)
                 losses = train_step(trainer, phases, phase_modules, batches, autocast)
                 sums.add(losses)
-                n_steps += 1
                 trainer.step += 1
                 trainer.batch_in_epoch += batches_per_step(phases, t.accumulate_grad_batches)
 
             # -- end of epoch: validation, metrics, checkpoint, report -----
             trainer.epoch += 1
             trainer.batch_in_epoch = 0
-            metrics = reduce_means(env, sums.as_dict(), n_steps, prefix="train/")
+            metrics = reduce_means(env, sums.as_dict(), sums.count_dict(), prefix="train/")
             last = trainer.epoch >= t.epochs or trainer.should_stop
             if (trainer.epoch % t.val_every == 0 or last) and len(val_set) > 0:
                 trainer.fire("gentrain_on_validation_start", epoch=epoch)
@@ -457,20 +455,32 @@ def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> b
     """Apply ``trainer.nan_policy`` to a phase's losses; ``False`` means skip this update."""
     values = list(losses.values())
     # One host read of every value (one device sync) instead of isfinite + .item() per value.
-    if values and _scalars(values) and all(map(math.isfinite, torch.stack(values).tolist())):
+    if values and _scalars(values):
+        finite = all(map(math.isfinite, torch.stack(values).tolist()))
+    else:
+        finite = all(bool(torch.isfinite(v).all()) for v in values)
+    policy = trainer.config.trainer.nan_policy
+    if policy == "skip" and trainer.world_size > 1:
+        # Every rank must skip the same updates, or the replicas part ways
+        # (a rank with a finite loss would step on the NaN gradients DDP averaged in).
+        bad_ranks = trainer.env.all_reduce(torch.tensor(0.0 if finite else 1.0, device=trainer.device))
+        finite = float(bad_ranks) == 0
+    if finite:
         return True
-    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).item()}
-    if not bad:
-        return True
+    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
     where = f"step {trainer.step}, epoch {trainer.epoch}, phase {phase.name!r}"
-    if trainer.config.trainer.nan_policy == "raise":
+    if policy == "raise":
         raise TrainingError(
             f"non-finite loss at {where}: {bad}; lower the learning rate, set trainer.clip_grad_norm, "
             "or set trainer.nan_policy=skip to skip such updates"
         )
     trainer.skipped_steps += 1
     if trainer.skipped_steps > 100:
-        raise TrainingError(f"training diverged: more than 100 updates skipped for non-finite losses (last at {where})")
+        raise TrainingError(
+            f"training diverged: more than 100 updates skipped for non-finite losses (last at {where}"
+            + (f": {bad}" if bad else ", on another rank")
+            + "); lower the learning rate or set trainer.clip_grad_norm"
+        )
     return False
 
 
@@ -485,28 +495,41 @@ class LossSums:
     def __init__(self) -> None:
         self.keys: tuple[str, ...] = ()
         self.packed: Tensor | None = None
+        self.packed_steps = 0  # steps added to ``packed`` since it was built
         self.loose: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}  # steps per key, up to when ``packed`` was built
 
     def add(self, losses: dict[str, Tensor]) -> None:
         values = list(losses.values())
         if self.packed is not None and tuple(losses) == self.keys and _float_scalars(values):
             self.packed.add_(torch.stack(values))
+            self.packed_steps += 1
             return
-        sums = self.as_dict()
+        # Keys changed (first step, a phase skipped for a non-finite loss, other dtypes): unpack, add, repack.
+        sums, counts = self.as_dict(), self.count_dict()
         for k, v in losses.items():
             sums[k] = sums[k] + v if k in sums else v.clone()
+            counts[k] = counts.get(k, 0) + 1
         keys = tuple(losses)
-        if _float_scalars([sums[k] for k in keys]):
+        if keys and _float_scalars([sums[k] for k in keys]):
             self.keys, self.packed = keys, torch.stack([sums[k] for k in keys])
             self.loose = {k: v for k, v in sums.items() if k not in losses}
         else:
             self.keys, self.packed, self.loose = (), None, sums
+        self.counts, self.packed_steps = counts, 0
 
     def as_dict(self) -> dict[str, Tensor]:
         out = dict(self.loose)
         if self.packed is not None:
             out.update(zip(self.keys, self.packed.unbind(), strict=True))
         return out
+
+    def count_dict(self) -> dict[str, int]:
+        """Steps that logged each key (fewer than the epoch's steps for a phase that was skipped)."""
+        counts = dict(self.counts)
+        for k in self.keys:
+            counts[k] = counts.get(k, 0) + self.packed_steps
+        return counts
 
 
 def _scalars(values: list[Tensor], dtype: torch.dtype | None = None) -> bool:
@@ -523,9 +546,18 @@ def _float_scalars(values: list[Tensor]) -> bool:
     return _scalars(values, torch.float32)
 
 
-def reduce_means(env: WorkerEnv, sums: dict[str, Tensor], n: int, prefix: str) -> dict[str, float]:
-    count = torch.tensor(float(n), dtype=torch.float64, device=env.device)
-    return reduce_sums(env, {k: v.double() for k, v in sums.items()}, count, prefix)
+def reduce_means(env: WorkerEnv, sums: dict[str, Tensor], counts: dict[str, int], prefix: str) -> dict[str, float]:
+    """Per-key means over ranks: ``sum over ranks of sums[k] / sum over ranks of counts[k]``, one all-reduce."""
+    keys = sorted(sums)
+    if not keys:  # every update of the epoch skipped (on every rank: skips agree)
+        return {}
+    # Every rank must reduce the same keys in the same order.
+    packed = torch.stack([sums[k].to(env.device, torch.float64) for k in keys])
+    packed = torch.cat([packed, torch.tensor([float(counts[k]) for k in keys], dtype=torch.float64, device=env.device)])
+    env.all_reduce(packed)
+    values = packed.tolist()
+    n = len(keys)
+    return {prefix + k: values[i] / values[n + i] for i, k in enumerate(keys)}
 
 
 def reduce_sums(env: WorkerEnv, sums: dict[str, Tensor], count: Tensor, prefix: str) -> dict[str, float]:

@@ -48,6 +48,8 @@ class FaultConfig(engine.ModelConfig):
     crash_rank: int = 0
     hidden: engine.PositiveInt = 16
     latent: engine.PositiveInt = 4
+    nan_rank: int = -1  # this rank's loss is NaN at its ``nan_call``-th training_step call
+    nan_call: int = 3
 
 
 def _rank() -> int:
@@ -73,6 +75,10 @@ class DDPAE(engine.Model):
             raise RuntimeError("injected failure in training_step")
         # Mean over the batch: DDP averages gradients over ranks, so 2 × B matches 1 × 2B.
         loss = F.mse_loss(self.dec(self.enc(x)), x.flatten(1))
+        if self.training and c.nan_rank == _rank():
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == c.nan_call:
+                loss = loss * float("nan")
         return {"loss": loss}
 
     def validation_step(self, batch: engine.Batch) -> dict[str, Tensor]:

@@ -184,6 +184,22 @@ def test_every_rank_holds_the_same_weights(trained: dict[str, Any]) -> None:
     assert ranks[0]["hashes"] == ranks[1]["hashes"]
 
 
+def test_a_nan_on_one_rank_is_skipped_on_every_rank(worker_env: PluginManager, ray_local: Any, tmp_path: Path) -> None:
+    # Rank 1's loss is NaN once; DDP averages its NaN gradients into rank 0's. If only rank 1
+    # skipped the update, rank 0 would step on NaN gradients and the replicas would part ways.
+    config = run_config(tmp_path, "nan", epochs=2, params={"nan_rank": 1, "nan_call": 3}, trainer={"nan_policy": "skip"})
+    result = engine.fit(config, plugins=worker_env)
+    replicas = result.run_dir / "replicas"
+    ranks = [json.loads((replicas / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["hashes"] == ranks[1]["hashes"]
+    assert result.checkpoint is not None
+    state = ckpt.load(result.checkpoint)["model"]
+    assert all(bool(torch.isfinite(v).all()) for v in state.values())
+    # 461 training images, global batch 32: 14 steps an epoch, each counted, one of them without an update.
+    assert result.metrics["step"] == 2 * 14
+    assert torch.isfinite(torch.tensor(result.metrics["train/loss"]))
+
+
 # ---------------------------------------------------------------------------
 # (3) faults: a worker dies mid-training and the run goes on
 # ---------------------------------------------------------------------------

@@ -248,6 +248,83 @@ def test_nan_policy_skip_skips_the_update(tmp_path: Path, recorder: Recorder) ->
     assert torch.isfinite(torch.tensor(result.metrics["val/mse"]))
 
 
+def test_nan_loss_raises_by_default_naming_step_phase_and_loss(tmp_path: Path, recorder: Recorder) -> None:
+    # Calls 1-2 are step 0's phase "a" (repeated), call 3 its phase "b", call 4 step 1's first "a".
+    with pytest.raises(
+        engine.TrainingError,
+        match=r"non-finite loss at step 1, epoch 0, phase 'a': \{'loss': nan, 'extra': nan\}; .*"
+        r"trainer\.nan_policy=skip",
+    ):
+        engine.fit(config(tmp_path, model={"poison_step": 4}))
+    assert recorder.events[-1] == "exception:TrainingError"
+    assert "checkpoints" not in {p.name for p in (tmp_path / "run").iterdir()}  # no checkpoint of NaN weights
+
+
+class StepLosses:
+    """The logged losses of every training step."""
+
+    def __init__(self) -> None:
+        self.steps: list[dict[str, float]] = []
+
+    @engine.hookimpl
+    def gentrain_on_train_batch_end(self, losses: dict[str, torch.Tensor]) -> None:
+        self.steps.append({k: float(v) for k, v in losses.items()})
+
+
+def test_skipped_phase_leaves_the_epoch_means_of_the_other_steps(tmp_path: Path) -> None:
+    seen = StepLosses()
+    with plugin_manager(Models(), seen):
+        # 64 training images, 2 batches of 8 a step ("a" draws a new batch per repeat): 4 steps.
+        # Call 3 is step 0's phase "b": that update is skipped, the other 3 steps' "b" losses count.
+        cfg = config(tmp_path, model={"poison_step": 3}, data={"n": 80}, trainer={"nan_policy": "skip", "epochs": 1})
+        result = engine.fit(cfg)
+    assert "b/loss" not in seen.steps[0]
+    b_losses = [step["b/loss"] for step in seen.steps[1:]]
+    assert len(b_losses) == 3
+    assert result.metrics["train/b/loss"] == pytest.approx(sum(b_losses) / 3, rel=1e-6)
+    a_losses = [step["a/loss"] for step in seen.steps]
+    assert result.metrics["train/a/loss"] == pytest.approx(sum(a_losses) / 4, rel=1e-6)
+
+
+class ParameterDelta:
+    """How far each sub-network's parameters moved between fit start and fit end."""
+
+    def __init__(self) -> None:
+        self.before: dict[str, torch.Tensor] = {}
+        self.moved: dict[str, float] = {}
+
+    @engine.hookimpl
+    def gentrain_on_fit_start(self, trainer: Any) -> None:
+        self.before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+
+    @engine.hookimpl
+    def gentrain_on_fit_end(self, trainer: Any) -> None:
+        for part in ("enc", "dec"):
+            diffs = [v.detach() - self.before[k] for k, v in trainer.model.named_parameters() if k.startswith(part)]
+            self.moved[part] = float(torch.cat([d.flatten() for d in diffs]).norm())
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_clipping_bounds_every_update(tmp_path: Path, clip: float | None) -> None:
+    delta = ParameterDelta()
+    with plugin_manager(Models(), delta):
+        engine.fit(
+            config(
+                tmp_path,
+                model={"dropout": 0.0},
+                optim={"algo": "sgd", "lr": 1.0},
+                trainer={"max_steps": 1, "epochs": 1, "clip_grad_norm": clip},
+            )
+        )
+    # One step: 2 SGD updates of "enc" (phase "a" repeats), 1 of "dec"; each moves at most lr × clip.
+    if clip is None:
+        assert delta.moved["enc"] > 20 * 1e-3, delta.moved  # the gradients clipping has to bound
+        assert delta.moved["dec"] > 10 * 1e-3, delta.moved
+    else:
+        assert 0 < delta.moved["enc"] <= 2 * clip * (1 + 1e-5), delta.moved
+        assert 0 < delta.moved["dec"] <= clip * (1 + 1e-5), delta.moved
+
+
 def test_max_steps_and_clipping(tmp_path: Path, recorder: Recorder) -> None:
     result = engine.fit(config(tmp_path, trainer={"max_steps": 3, "epochs": 5, "clip_grad_norm": 0.5}))
     assert result.metrics["step"] == 3.0

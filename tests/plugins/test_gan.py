@@ -135,6 +135,27 @@ def test_conditional_samples_follow_their_labels(tmp_path: Path) -> None:
     assert spread >= 0.4 * real_spread, (spread, real_spread)
 
 
+@pytest.mark.parametrize(
+    ("policy", "message"),
+    [
+        ("raise", r"non-finite loss at step \d+, epoch \d+, phase '(disc|gen)': \{'loss': (-?inf|nan)"),
+        ("skip", r"training diverged: more than 100 updates skipped for non-finite losses"),
+    ],
+)
+def test_a_diverging_gan_is_reported_not_continued(tmp_path: Path, policy: str, message: str) -> None:
+    # SGD at lr 10 blows the generator up within a few steps (seen: inf or NaN within 10-20 steps).
+    cfg = config(
+        tmp_path,
+        {"hidden": 32, "depth": 1},
+        epochs=20,
+        optim={"algo": "sgd", "lr": 10.0},
+        data={"name": "shapes", "n": 512, "size": 16},
+    )
+    cfg["trainer"]["nan_policy"] = policy
+    with pytest.raises(engine.TrainingError, match=message):
+        engine.fit(cfg)
+
+
 # -- sizing and sampling (no training) ----------------------------------------
 
 
