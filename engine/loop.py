@@ -112,6 +112,8 @@ class Trainer:
         self.metrics: dict[str, float] = {}
         self.should_stop = False
         self.skipped_steps = 0
+        # Skipping an update is decided by all ranks together (see check_finite).
+        self.agree_on_skips = config.trainer.nan_policy == "skip" and env.world_size > 1
         self.ddp: dict[str, nn.Module] = {}
         self.raw: dict[str, nn.Module] = {}
         self.last_checkpoint: Path | None = None
@@ -459,14 +461,14 @@ def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> b
         finite = all(map(math.isfinite, torch.stack(values).tolist()))
     else:
         finite = all(bool(torch.isfinite(v).all()) for v in values)
-    policy = trainer.config.trainer.nan_policy
-    if policy == "skip" and trainer.world_size > 1:
+    if trainer.agree_on_skips:
         # Every rank must skip the same updates, or the replicas part ways
         # (a rank with a finite loss would step on the NaN gradients DDP averaged in).
         bad_ranks = trainer.env.all_reduce(torch.tensor(0.0 if finite else 1.0, device=trainer.device))
         finite = float(bad_ranks) == 0
     if finite:
         return True
+    policy = trainer.config.trainer.nan_policy
     bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(v).all()}
     where = f"step {trainer.step}, epoch {trainer.epoch}, phase {phase.name!r}"
     if policy == "raise":
