@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -277,6 +278,11 @@ def validate_dataclass(cls: type, raw: Any, prefix: str) -> tuple[Any, list[tupl
             # Keep the path into the data, drop pydantic's union-member tags.
             path = loc[:1] + [p for p in loc[1:] if p.isdigit() or p in _nested_keys(known, loc[0])]
             allowed = err["msg"].replace("Input should be", "must be")
+            value = err.get("input")
+            if err["type"] == "literal_error" and isinstance(value, str):
+                # pydantic gives the choices only as text: "'a', 'b' or 'c'".
+                choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
+                allowed += suggest(value, choices)
             problems.append((prefix + ".".join(path), err.get("input"), allowed))
         return None, problems
     except (TypeError, ValueError) as e:  # raised by a dataclass's own __post_init__

@@ -93,6 +93,23 @@ def test_unknown_model_suggests_close_names() -> None:
     assert "toy, toy_vae" in allowed.partition("known: ")[2]
 
 
+def test_misspelled_choices_suggest_the_close_one() -> None:
+    found = problems(
+        {
+            "model": {"name": "toy"},
+            "optim": {"algo": "adamm"},
+            "tune": {"scheduler": "ashaa"},
+            "trainer": {"precision": "bf61"},
+        }
+    )
+    assert found["optim.algo"] == (
+        "adamm",
+        "must be 'adam', 'adamw', 'sgd' or 'rmsprop' (did you mean 'adam' or 'adamw'?)",
+    )
+    assert found["tune.scheduler"] == ("ashaa", "must be 'asha', 'pbt' or 'none' (did you mean 'asha'?)")
+    assert found["trainer.precision"] == ("bf61", "must be '32', 'bf16' or 'fp16' (did you mean 'bf16'?)")
+
+
 def test_wrong_type_negative_size_and_unknown_key_are_each_named() -> None:
     found = problems(
         {

@@ -187,7 +187,9 @@ def test_every_rank_holds_the_same_weights(trained: dict[str, Any]) -> None:
 def test_a_nan_on_one_rank_is_skipped_on_every_rank(worker_env: PluginManager, ray_local: Any, tmp_path: Path) -> None:
     # Rank 1's loss is NaN once; DDP averages its NaN gradients into rank 0's. If only rank 1
     # skipped the update, rank 0 would step on NaN gradients and the replicas would part ways.
-    config = run_config(tmp_path, "nan", epochs=2, params={"nan_rank": 1, "nan_call": 3}, trainer={"nan_policy": "skip"})
+    config = run_config(
+        tmp_path, "nan", epochs=2, params={"nan_rank": 1, "nan_call": 3}, trainer={"nan_policy": "skip"}
+    )
     result = engine.fit(config, plugins=worker_env)
     replicas = result.run_dir / "replicas"
     ranks = [json.loads((replicas / f"rank{r}.json").read_text()) for r in range(2)]
