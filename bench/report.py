@@ -12,6 +12,7 @@ Usage (run_all.sh does this)::
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -190,7 +191,24 @@ def main() -> int:
         f"| per-sample Python in the in-memory data path | Python calls/batch {calls['32']:.0f} at batch 32, "
         f"{calls['512']:.0f} at 512 | none | {mark(not dp['memory_per_sample_python'])} |"
     )
-    p("| Ray vs torchrun (DDP) | produced by `bench/ddp.py`, see [DDP](#ddp-benchmddppy) | | |")
+    ddp_ratio = re.search(r"ray / torchrun per-epoch:\s+([\d.]+)", text(out, "ddp.txt") or "")
+    if ddp_ratio:
+        r = float(ddp_ratio.group(1))
+        p(
+            f"| Ray / torchrun per-epoch time, 2 workers (see [DDP](#ddp-benchmddppy)) | {r:.3f} | ≤ 1.05 "
+            f"| {mark(r <= 1.05)} |"
+        )
+    else:
+        p("| Ray / torchrun per-epoch time | `bench/ddp.py` did not run | ≤ 1.05 | - |")
+    first = re.search(r"time to first step: ([\d.]+)", text(out, "first_step.txt") or "")
+    if first:
+        r = float(first.group(1))
+        p(
+            f"| time to first optimizer step, `gentrain fit` on 1 Ray worker / minimal TorchTrainer script "
+            f"(see [first step](#first-step-benchfirst_steppy)) | {r:.3f} | ≤ 1.10 | {mark(r <= 1.10)} |"
+        )
+    else:
+        p("| time to first step, gentrain / TorchTrainer | `bench/first_step.py` did not run | ≤ 1.10 | - |")
     p("| GPU (bf16 DCGAN, conv VAE) | not measured: no GPU on this machine, see [GPU](#gpu) | | |")
     p("")
 
@@ -389,6 +407,19 @@ def main() -> int:
         p("```")
     else:
         p("**Produced by `bench/ddp.py`** (Ray vs torchrun); it was not present when this file was generated.")
+    p("")
+
+    p("## First step (bench/first_step.py)")
+    p("")
+    first_text = text(out, "first_step.txt")
+    if first_text:
+        p("`gentrain fit` on one Ray worker vs a minimal hand-written TorchTrainer script (output verbatim):")
+        p("")
+        p("```")
+        p(first_text)
+        p("```")
+    else:
+        p("**Produced by `bench/first_step.py`**; it was not present when this file was generated.")
     p("")
 
     # -- GPU ---------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #   PY=...           the interpreter (default .venv/bin/python)
 #   BENCH_QUICK=1    smoke settings (seconds, not a measurement)
 #   DDP_ARGS="..."   arguments for bench/ddp.py (default: its own defaults)
+#   FIRST_STEP_ARGS="..."  arguments for bench/first_step.py
 #   REPORT_FROM=DIR  only rewrite RESULTS.md from a kept output directory
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,7 @@ if [[ -f bench/ddp.py ]]; then
     # shellcheck disable=SC2086  # DDP_ARGS is a word list
     "$PY" bench/ddp.py ${DDP_ARGS:-} 2>&1 | tee "$OUT/ddp.txt" || echo "bench/ddp.py exited with status $?" >> "$OUT/ddp.txt"
 fi
+"$PY" bench/first_step.py ${FIRST_STEP_ARGS:-} 2>&1 | tee "$OUT/first_step.txt" || echo "bench/first_step.py exited with status $?" >> "$OUT/first_step.txt"
 cat /proc/loadavg > "$OUT/load_end.txt"
 date +%s > "$OUT/t_end.txt"
 "$PY" bench/report.py "$OUT" > bench/RESULTS.md.tmp
