@@ -250,8 +250,8 @@ def train(
                     trainer.should_stop = True
                     break
                 noise.reseed(trainer.step)
-                losses = train_step(trainer, phases, phase_modules, batches, autocast)
-                sums.add(losses)
+                losses, stacked = train_step(trainer, phases, phase_modules, batches, autocast)
+                sums.add(losses, stacked)
                 trainer.step += 1
                 trainer.batch_in_epoch += batches_per_step(phases, t.accumulate_grad_batches)
 
@@ -284,13 +284,18 @@ def train_step(
     phase_modules: dict[str, set[str]],
     batches: Iterator[Batch],
     autocast: contextlib.AbstractContextManager[Any] | Any,
-) -> dict[str, Tensor]:
-    """One step: every phase of the model, each ``repeats`` times. Returns detached losses."""
+) -> tuple[dict[str, Tensor], Tensor | None]:
+    """One step: every phase of the model, each ``repeats`` times.
+
+    Returns the detached losses, and (for a one-phase model without accumulation)
+    the same values as one stacked tensor, so :class:`LossSums` need not stack them again.
+    """
     t = trainer.config.trainer
     k = t.accumulate_grad_batches
     model = trainer.model
     micro: list[Batch] = []
     out: dict[str, Tensor] = {}
+    stacked: Tensor | None = None
     first = True
     for phase in phases:
         optimizer = trainer.optimizers[phase.optimizer_name]
@@ -311,8 +316,8 @@ def train_step(
                     loss = losses["loss"] / k if k > 1 else losses["loss"]
                 scaler = trainer.scalers.get(phase.optimizer_name)
                 (scaler.scale(loss) if scaler else loss).backward()
-                add_logged_losses(phase_losses, losses, k)
-            if not check_finite(trainer, phase, phase_losses):
+                stacked = add_logged_losses(phase_losses, losses, k)
+            if not check_finite(trainer, phase, phase_losses, stacked):
                 optimizer.zero_grad(set_to_none=True)
                 continue
             scaler = trainer.scalers.get(phase.optimizer_name)
@@ -330,7 +335,8 @@ def train_step(
             prefix = f"{phase.name}/" if len(phases) > 1 else ""
             out.update({prefix + name: v for name, v in phase_losses.items()})
     trainer.fire("gentrain_on_train_batch_end", step=trainer.step, losses=out)
-    return out
+    # With one phase, ``out`` is that phase's last logged losses, in the stacked order.
+    return out, (stacked if len(phases) == 1 and len(out) else None)
 
 
 def validate(trainer: Trainer, loader: Any, autocast: Any) -> dict[str, float]:
@@ -439,25 +445,35 @@ def autocast_context(precision: str, device: torch.device) -> Any:
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def add_logged_losses(into: dict[str, Tensor], losses: dict[str, Tensor], k: int) -> None:
-    """Add one micro-batch's ``losses / k``, detached float32 copies, to a phase's logged losses."""
+def add_logged_losses(into: dict[str, Tensor], losses: dict[str, Tensor], k: int) -> Tensor | None:
+    """Add one micro-batch's ``losses / k``, detached float32 copies, to a phase's logged losses.
+
+    Returns the values stacked into one tensor when they were copied that way (``k == 1``, float32 scalars).
+    """
     values = list(losses.values())
     if k == 1 and _float_scalars(values):
         # The usual case as one op instead of three per value (detach, float, / k):
         # a fresh float32 copy of every scalar, bit-identical since x / 1 == x.
         with torch.no_grad():
-            into.update(zip(losses, torch.stack(values).unbind(), strict=True))
-        return
+            stacked = torch.stack(values)
+        into.update(zip(losses, stacked.unbind(), strict=True))
+        return stacked
     for name, value in losses.items():
         v = value.detach().float() / k
         into[name] = into[name] + v if name in into else v
+    return None
 
 
-def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor]) -> bool:
-    """Apply ``trainer.nan_policy`` to a phase's losses; ``False`` means skip this update."""
+def check_finite(trainer: Trainer, phase: Phase, losses: dict[str, Tensor], stacked: Tensor | None = None) -> bool:
+    """Apply ``trainer.nan_policy`` to a phase's losses; ``False`` means skip this update.
+
+    ``stacked``: the same values already stacked into one tensor (see :func:`add_logged_losses`).
+    """
     values = list(losses.values())
     # One host read of every value (one device sync) instead of isfinite + .item() per value.
-    if values and _scalars(values):
+    if stacked is not None:
+        finite = all(map(math.isfinite, stacked.tolist()))
+    elif values and _scalars(values):
         finite = all(map(math.isfinite, torch.stack(values).tolist()))
     else:
         finite = all(bool(torch.isfinite(v).all()) for v in values)
@@ -501,12 +517,18 @@ class LossSums:
         self.loose: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}  # steps per key, up to when ``packed`` was built
 
-    def add(self, losses: dict[str, Tensor]) -> None:
-        values = list(losses.values())
-        if self.packed is not None and tuple(losses) == self.keys and _float_scalars(values):
-            self.packed.add_(torch.stack(values))
-            self.packed_steps += 1
-            return
+    def add(self, losses: dict[str, Tensor], stacked: Tensor | None = None) -> None:
+        """Add one step's losses; ``stacked``, if given, holds the same values in ``losses``' order."""
+        if self.packed is not None and tuple(losses) == self.keys:
+            if stacked is not None:
+                self.packed.add_(stacked)
+                self.packed_steps += 1
+                return
+            values = list(losses.values())
+            if _float_scalars(values):
+                self.packed.add_(torch.stack(values))
+                self.packed_steps += 1
+                return
         # Keys changed (first step, a phase skipped for a non-finite loss, other dtypes): unpack, add, repack.
         sums, counts = self.as_dict(), self.count_dict()
         for k, v in losses.items():
