@@ -25,7 +25,10 @@ itself (``storage_path=output_dir``, ``name=run.name``), so a rerun of the
 same run name finds both.
 
 Failures. ``scaling.max_failures`` worker-group restarts are allowed; each
-restarts every worker, which resumes from the last checkpoint. A worker group
+restarts every worker, which resumes from the last checkpoint. An engine error
+that a restart would only repeat (a config or data error raised in a worker, a
+refused checkpoint, a non-finite loss under ``nan_policy=raise``) ends the run
+at once instead (``GentrainError.retryable``). A worker group
 that cannot start within ``scaling.start_timeout_s`` ends the run (no endless
 retries); a request the cluster can never satisfy (more workers, CPUs, GPUs or
 custom resources than its nodes have) fails before anything starts, with a
@@ -147,7 +150,8 @@ def fit_ray(run_config: RunConfig) -> FitResult:
             run_config=ray_run_config(run_config),
         )
         try:
-            result = trainer.fit()
+            with _engine_failure_policy():
+                result = trainer.fit()
         except TrainingFailedError as e:
             raise engine_error(e, run_config) from e
     # Rank 0's return value: the loop's last metrics. Result.metrics holds only
@@ -160,6 +164,68 @@ def fit_ray(run_config: RunConfig) -> FitResult:
         {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
         ckpt.latest(run_dir / "checkpoints"),
     )
+
+
+def is_deterministic_failure(error: BaseException) -> bool:
+    """Whether a failed worker group raised an engine error that a restart would only raise again."""
+    failures = getattr(error, "worker_failures", None)
+    if not isinstance(failures, Mapping):
+        return False
+    for failure in failures.values():
+        root = root_cause(failure)
+        if isinstance(root, GentrainError) and not root.retryable:
+            return True
+    return False
+
+
+_policy_class: Any = None
+
+
+def _engine_failure_policy_class() -> Any:
+    """Ray's default failure policy, except that deterministic engine errors end the run at once.
+
+    Ray Train restarts the worker group for any worker error, up to
+    ``max_failures``: for a config error raised in a worker, or a NaN that
+    recurs from the same checkpoint, that only repeats the failure.
+    """
+    global _policy_class
+    if _policy_class is None:
+        from ray.train.v2._internal.execution.failure_handling import DefaultFailurePolicy, FailureDecision
+
+        class EngineFailurePolicy(DefaultFailurePolicy):
+            def make_decision(self, training_failed_error: Any) -> Any:
+                if is_deterministic_failure(training_failed_error):
+                    return FailureDecision.RAISE
+                return super().make_decision(training_failed_error)
+
+        _policy_class = EngineFailurePolicy
+    return _policy_class
+
+
+@contextlib.contextmanager
+def _engine_failure_policy() -> Iterator[None]:
+    """Make ``TorchTrainer.fit()`` in this block use :func:`_engine_failure_policy_class`.
+
+    Ray 2.60 has no public hook for a failure policy: ``fit()`` builds one with
+    ``create_failure_policy`` from its module. If that moves in another Ray
+    version, Ray's own policy stays (it retries every error up to max_failures).
+    """
+    try:
+        from ray.train.v2.api import data_parallel_trainer as dpt
+
+        policy_class = _engine_failure_policy_class()
+    except ImportError:
+        yield
+        return
+    original = getattr(dpt, "create_failure_policy", None)
+    if original is None:
+        yield
+        return
+    dpt.create_failure_policy = policy_class  # called with the FailureConfig, as the original
+    try:
+        yield
+    finally:
+        dpt.create_failure_policy = original
 
 
 def worker_resources(scaling: ScalingConfig) -> dict[str, float]:
@@ -550,10 +616,12 @@ def sendable_error(error: BaseException, rank: int) -> BaseException:
     if _survives_pickling(error):
         return error
     trace = "".join(traceback.format_exception(error))
-    return TrainingError(
+    sent = TrainingError(
         f"{type(error).__name__}: {error}\n(raised on rank {rank}; the original could not be sent to the "
         f"driver: its class cannot be rebuilt from its pickled arguments)\n{trace}"
     )
+    sent.retryable = not isinstance(error, GentrainError) or error.retryable
+    return sent
 
 
 def _survives_pickling(error: BaseException) -> bool:

@@ -12,7 +12,16 @@ from difflib import get_close_matches
 
 
 class GentrainError(Exception):
-    """Base class of every error the engine raises on purpose."""
+    """Base class of every error the engine raises on purpose.
+
+    ``retryable``: whether running the same thing again could succeed. Most of
+    the engine's errors come from the input (a config, a file, a plugin) or from
+    deterministic training (a NaN recurs when resumed from the same checkpoint),
+    so Ray Train does not restart workers for them; an error wrapping some other
+    exception (a hook that raised, an error that could not be sent) is retryable.
+    """
+
+    retryable: bool = False
 
 
 class ConfigError(GentrainError, ValueError):

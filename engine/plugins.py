@@ -31,7 +31,7 @@ from typing import Any
 import pluggy
 
 from engine import hookspecs
-from engine.errors import PluginError
+from engine.errors import GentrainError, PluginError
 from engine.registry import Registry
 
 ENTRY_POINT_GROUP = "gentrain"
@@ -190,7 +190,10 @@ class PluginManager:
             plugin = self.plugin_of_error(hookname, e.__traceback__)
             if plugin is None or isinstance(e, PluginError):
                 raise
-            raise PluginError(f"plugin {plugin!r} raised in hook {hookname}: {type(e).__name__}: {e}") from e
+            error = PluginError(f"plugin {plugin!r} raised in hook {hookname}: {type(e).__name__}: {e}")
+            # A hook's own failure (disk full, a network logger) may pass; an engine error it raised will not.
+            error.retryable = not isinstance(e, GentrainError) or e.retryable
+            raise error from e
 
     def versions(self) -> dict[str, str]:
         return {n: i.version for n, i in sorted(self.info.items())}

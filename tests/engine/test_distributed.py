@@ -264,13 +264,46 @@ def test_worker_killed_from_outside_is_restarted(worker_env: PluginManager, ray_
     print(f"\nSIGKILL of rank 0: training resumed {recovery:.1f}s after the kill")
 
 
-def test_worker_errors_reach_the_caller(worker_env: PluginManager, ray_local: Any, tmp_path: Path) -> None:
-    # Any exception: a TrainingError naming the rank and the original error.
-    config = run_config(tmp_path, "raise", epochs=2, params={"crash": "raise", "crash_rank": 1})
-    with pytest.raises(TrainingError, match=r"rank 1: RuntimeError: injected failure in training_step") as info:
+def test_worker_errors_reach_the_caller_after_the_restarts(
+    worker_env: PluginManager, ray_local: Any, tmp_path: Path
+) -> None:
+    # Any other exception may be transient: Ray restarts the group (max_failures=1), then a
+    # TrainingError names the rank and the original error.
+    config = run_config(
+        tmp_path, "raise", epochs=2, params={"crash": "raise", "crash_rank": 1}, scaling={"max_failures": 1}
+    )
+    with pytest.raises(TrainingError, match=r"after 1 restart\(s\) on rank 1: RuntimeError: injected failure") as info:
         engine.fit(config, plugins=worker_env)
     assert "run again with the same run.name to resume" in str(info.value)
     assert info.value.__cause__ is not None  # Ray's error, with the worker's traceback
+    assert len({pid for _, pid in epochs_started(tmp_path / "raise")}) == 2  # two attempts
+
+
+def test_a_deterministic_engine_error_is_not_retried(worker_env: PluginManager, ray_local: Any, tmp_path: Path) -> None:
+    # A ConfigError raised in a worker would only recur: the run ends at the first attempt,
+    # although max_failures allows 3 restarts.
+    config = run_config(
+        tmp_path, "det", epochs=2, params={"crash": "raise_config", "crash_rank": 1}, scaling={"max_failures": 3}
+    )
+    with pytest.raises(ConfigError, match=r"model\.crash = 'raise_config': injected config error"):
+        engine.fit(config, plugins=worker_env)
+    assert len(epochs_started(tmp_path / "det")) == 1
+
+
+def test_retryable_is_decided_per_error() -> None:
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    assert not ConfigError.one("a", 1, "b").retryable
+    assert not TrainingError("non-finite loss").retryable
+    assert distributed.sendable_error(Unrebuildable("x", 1), rank=0).retryable
+    for error, deterministic in [
+        (ConfigError.one("a", 1, "b"), True),
+        (TrainingError("non-finite loss at step 3"), True),
+        (RuntimeError("connection reset"), False),
+        (distributed.sendable_error(Unrebuildable("x", 1), rank=0), False),
+    ]:
+        failed = WorkerGroupError("failed", {0: error, 1: RuntimeError("collective aborted")})
+        assert distributed.is_deterministic_failure(failed) is deterministic, error
 
 
 class Unrebuildable(Exception):
