@@ -54,10 +54,10 @@ vae, vae with accumulate_grad_batches=2 and KL warm-up, vae bf16, gan, WGAN-GP g
 
 Together: 26 → 5 extra top-level aten ops per VAE step (`stack`, `unbind`, `add_`, and `tolist`'s
 `resolve_conj`/`resolve_neg`; the counts above are after the edits). Edit 8 moved the VAE ratio from
-1.0325 (the previous full run) to 1.019 in a VAE-only run of `bench/overhead.py` on the same day; a second
-VAE-only run with the same engine code measured 1.055, because the raw loop ran faster in that process
-(8.10 ms against 8.48 ms per step) while the engine's step stayed at 8.53-8.55 ms: the spread between
-processes is as large as the effect.
+1.0325 (the previous full run) to 1.019 in a VAE-only run of `bench/overhead.py` on the same day. A next
+VAE-only run, trying the finiteness check as one `sum().item()` (same op count; reverted), measured 1.055:
+the raw loop ran faster in that process (8.10 ms against 8.48 ms per step) while the engine's step stayed
+at 8.53-8.55 ms. The spread between processes is as large as the effect.
 
 **What stands in the way.** (a) Noise: other engineers' test suites (Ray clusters) ran throughout; the load
 averages are in the header and the min/max columns show the spread. With 2 OpenMP threads on 2 busy cores a
