@@ -59,8 +59,12 @@ VAE-only run, trying the finiteness check as one `sum().item()` (same op count; 
 the raw loop ran faster in that process (8.10 ms against 8.48 ms per step) while the engine's step stayed
 at 8.53-8.55 ms. The spread between processes is as large as the effect.
 
-**What stands in the way.** (a) Noise: other engineers' test suites (Ray clusters) ran throughout; the load
-averages are in the header and the min/max columns show the spread. With 2 OpenMP threads on 2 busy cores a
+**What stands in the way.** (a) Noise. The machine is a 2-core VM; earlier runs shared it with other test
+suites (Ray clusters), this one ran alone (load averages in the header), and still the two models traded
+places between full runs of the same day: VAE 1.0325 and GAN 1.019 in the run before edit 8, VAE 1.0199 and
+GAN 1.0319 in this one, with the GAN's counted extra work unchanged (its two phases keep the per-phase stacks,
+`stack` 3, `unbind` 2, `resolve_conj`/`resolve_neg` 2 each, `add_` 1: the op counts in the log below). The
+min/max columns show the spread within a run. With 2 OpenMP threads on 2 busy cores a
 step can stall on the thread barrier, so the primary comparison is single-threaded and also reports
 thread-CPU time, which ignores preemption but not the cache and memory-bandwidth contention of co-running
 processes: rounds of the same variant still differ by several percent, more than the effect being measured.
@@ -134,7 +138,7 @@ def main() -> int:
     )
     p(
         f"| load average | start `{text(out, 'load_start.txt')}`, end `{text(out, 'load_end.txt')}` "
-        f"(other engineers' test suites were running; total {minutes:.1f} min) |"
+        f"(1, 5 and 15-minute averages; total {minutes:.1f} min) |"
     )
     p(f"| data | {dp['data']} |")
     p(
