@@ -188,7 +188,10 @@ def gentrain_on_fit_end(trainer: Any) -> None:
     out = Path(trainer.run_dir) / "replicas"
     out.mkdir(parents=True, exist_ok=True)
     hashes = {name: state_hash(module) for name, module in sorted(trainer.raw.items())}
-    record = {"world_size": trainer.world_size, "hashes": hashes, "node": _node_id()}
+    backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else None
+    devices = sorted({str(p.device) for p in trainer.model.parameters()})
+    record = {"world_size": trainer.world_size, "hashes": hashes, "node": _node_id(), "backend": backend}
+    record["devices"] = devices
     (out / f"rank{trainer.rank}.json").write_text(json.dumps(record))
 
 
