@@ -1072,7 +1072,7 @@ def make_scheduler(
     mutations: Mapping[str, Any] | None,
 ) -> Any:
     """Tune's trial scheduler for ``tune.scheduler``; time is counted in epochs."""
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, PopulationBasedTraining
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if settings.scheduler == "asha":
         if settings.grace_period > epochs:
@@ -1098,7 +1098,8 @@ def make_scheduler(
             raise ConfigError.one(
                 "tune.scheduler", "pbt", "needs hyperparameters to perturb: a range or choice in the search space"
             )
-        return PopulationBasedTraining(
+        return _final_epoch_pbt()(
+            last_epoch=epochs,
             time_attr="epoch",
             perturbation_interval=settings.perturbation_interval,
             hyperparam_mutations=found,
@@ -1106,6 +1107,29 @@ def make_scheduler(
             resample_probability=settings.resample_probability,
         )
     return FIFOScheduler()
+
+
+def _final_epoch_pbt() -> Any:
+    """Tune's PBT, except that a trial's last epoch is never a perturbation point.
+
+    Tune's PBT also exploits on a trial's final result: the trial then takes the
+    donor's perturbed hyperparameters and restores the donor's last checkpoint,
+    with no epoch left to train, so its reported config (and ``best.yaml``) would
+    name values it never trained with.
+    """
+    from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+    class FinalEpochPBT(PopulationBasedTraining):
+        def __init__(self, *, last_epoch: int, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.last_epoch = last_epoch
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> Any:
+            if result.get(self._time_attr, 0) >= self.last_epoch:
+                return TrialScheduler.CONTINUE
+            return super().on_trial_result(tune_controller, trial, result)
+
+    return FinalEpochPBT
 
 
 def make_search(settings: TuneSection, space: Mapping[str, Any]) -> Any:

@@ -456,3 +456,22 @@ def test_a_killed_experiment_resumes_with_the_cli(tmp_path: Path, tune_env: Plug
             # It went on from its checkpoint: epoch 0 ran once, and every epoch ran at least once.
             assert epochs.count(0) == 1, epochs
             assert sorted(set(epochs)) == [0, 1, 2, 3, 4, 5]
+
+
+def test_pbt_never_perturbs_a_trial_at_its_last_epoch() -> None:
+    # A perturbation there would give the finished trial a config it never trained with
+    # (seen once: a trial's config ended at lr 0.0036 while its last epochs ran at 0.0024).
+    from ray.tune.schedulers import TrialScheduler
+
+    pbt = tuning._final_epoch_pbt()(
+        last_epoch=8,
+        time_attr="epoch",
+        perturbation_interval=2,
+        hyperparam_mutations={"optim.lr": [1e-3, 1e-2]},
+        metric="val/loss",
+        mode="min",
+    )
+    # Returns before looking at the trial or the controller (neither exists here).
+    assert pbt.on_trial_result(None, None, {"epoch": 8, "val/loss": 1.0}) == TrialScheduler.CONTINUE
+    with pytest.raises(KeyError):  # before the last epoch, Tune's PBT takes over and looks the trial up
+        pbt.on_trial_result(None, "a trial PBT has not seen", {"epoch": 6, "val/loss": 1.0})
