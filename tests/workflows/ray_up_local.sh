@@ -72,10 +72,8 @@ mkdir -p "$W/bin"
 cat >"$W/bin/ray" <<SHIM
 #!/usr/bin/env bash
 if [ "\$1" = stop ]; then
-    pkill -TERM -f -- "$RAY_TMP" 2>/dev/null
-    for _ in \$(seq 50); do pgrep -f -- "$RAY_TMP" >/dev/null || break; sleep 0.2; done
-    pkill -KILL -f -- "$RAY_TMP" 2>/dev/null
-    exit 0
+    bash "$ROOT/tests/workflows/stop_ray_tree.sh" "$RAY_TMP" "$RAY_PORT"
+    exit \$?
 fi
 exec "$VENV_BIN/ray" "\$@"
 SHIM
