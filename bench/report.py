@@ -401,32 +401,26 @@ def main() -> int:
     p(NOTES)
     p("")
 
-    # -- DDP ---------------------------------------------------------------------
-    p("## DDP (bench/ddp.py)")
-    p("")
-    ddp = text(out, "ddp.txt")
-    if ddp:
-        p("Ray vs torchrun, produced by `bench/ddp.py` (owned by the distributed engine; output verbatim):")
+    # -- the Ray benchmarks' own output ------------------------------------------
+    logs = [
+        ("DDP (bench/ddp.py)", "ddp.txt",
+         "Ray vs torchrun, produced by `bench/ddp.py` (owned by the distributed engine; output verbatim):"),
+        ("First step (bench/first_step.py)", "first_step.txt",
+         "`gentrain fit` on one Ray worker vs a minimal hand-written TorchTrainer script (output verbatim):"),
+    ]  # fmt: skip
+    for title, log, intro in logs:
+        p(f"## {title}")
         p("")
-        p("```")
-        p(ddp)
-        p("```")
-    else:
-        p("**Produced by `bench/ddp.py`** (Ray vs torchrun); it was not present when this file was generated.")
-    p("")
-
-    p("## First step (bench/first_step.py)")
-    p("")
-    first_text = text(out, "first_step.txt")
-    if first_text:
-        p("`gentrain fit` on one Ray worker vs a minimal hand-written TorchTrainer script (output verbatim):")
+        body = text(out, log)
+        if body:
+            p(intro)
+            p("")
+            p("```")
+            p(body)
+            p("```")
+        else:
+            p(f"**Produced by `bench/{log.replace('.txt', '.py')}`**; it was not present when this file was generated.")
         p("")
-        p("```")
-        p(first_text)
-        p("```")
-    else:
-        p("**Produced by `bench/first_step.py`**; it was not present when this file was generated.")
-    p("")
 
     # -- GPU ---------------------------------------------------------------------
     p("## GPU")
