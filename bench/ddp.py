@@ -117,7 +117,7 @@ def gentrain_on_fit_end(trainer: Any) -> None:
 def torchrun_worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
-    from engine.datasets import make_shapes
+    from plugins.datasets.io import make_shapes
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo")

@@ -73,7 +73,7 @@ def torchtrainer_main(out: str) -> None:
         import torch.nn.functional as F
         from torch import nn
 
-        from engine.datasets import make_shapes
+        from plugins.datasets.io import make_shapes
 
         torch.set_num_threads(1)
         torch.manual_seed(0)

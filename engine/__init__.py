@@ -14,6 +14,8 @@ known through an entry point in the group ``gentrain``:
 
     # mymodel/plugin.py
     from dataclasses import dataclass
+    import torch
+
     import engine
 
     @dataclass(frozen=True)
@@ -42,9 +44,11 @@ from __future__ import annotations
 
 from engine.api import FitResult, fit, prepare
 from engine.config import (
+    DataConfig,
     LossName,
     NonNegativeFloat,
     NonNegativeInt,
+    OptimConfig,
     PositiveFloat,
     PositiveInt,
     Probability,
@@ -52,12 +56,13 @@ from engine.config import (
     resolve,
 )
 from engine.data import ImageData
-from engine.errors import CheckpointError, ConfigError, DataError, GentrainError, PluginError, TrainingError
+from engine.errors import CheckpointError, ConfigError, DataError, GentrainError, PluginError, TrainingError, suggest
 from engine.hookspecs import hookimpl
 from engine.losses import get_loss
 from engine.model import Batch, DataSpec, Model, ModelConfig, Phase
 from engine.plugins import PluginManager, load_plugins
 from engine.registry import Registry
+from engine.trainer import Trainer, WorkerEnv
 from engine.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
@@ -66,6 +71,7 @@ __all__ = [
     "Batch",
     "CheckpointError",
     "ConfigError",
+    "DataConfig",
     "DataError",
     "DataSpec",
     "FitResult",
@@ -76,6 +82,7 @@ __all__ = [
     "ModelConfig",
     "NonNegativeFloat",
     "NonNegativeInt",
+    "OptimConfig",
     "Phase",
     "PluginError",
     "PluginManager",
@@ -84,13 +91,16 @@ __all__ = [
     "Probability",
     "Registry",
     "RunConfig",
+    "Trainer",
     "TrainingError",
     "TuneResult",
+    "WorkerEnv",
     "fit",
     "get_loss",
     "hookimpl",
     "load_plugins",
     "prepare",
     "resolve",
+    "suggest",
     "tune",
 ]

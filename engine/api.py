@@ -16,6 +16,7 @@ from engine.config import RunConfig
 from engine.data import ImageData, load_data, split
 from engine.errors import ConfigError
 from engine.plugins import PluginManager, current, using
+from engine.trainer import WorkerEnv
 
 
 @dataclass
@@ -100,10 +101,12 @@ def fit(
     from engine import checkpoint, distributed, loop
 
     with using(plugins) as pm:
-        run_config, _ = prepare(config, overrides, pm)
+        run_config, dataset = prepare(config, overrides, pm)
         if run_config.scaling.num_workers > 0:
-            return distributed.fit_ray(run_config)
-        device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
-        metrics = loop.train(run_config.to_dict(), loop.WorkerEnv(device=device), pm)
+            metrics = distributed.fit_ray(run_config)
+        else:
+            # In-process: the config, data and plugins prepared above are used as they are.
+            device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
+            metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset)
         run_dir = loop.run_dir_of(run_config)
         return FitResult(run_config, run_dir, metrics, checkpoint.latest(run_dir / "checkpoints"))

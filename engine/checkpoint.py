@@ -16,6 +16,11 @@ A checkpoint is one file, ``checkpoints/step=000000120.pt``, holding a dict:
 ``plugins``             ``{plugin name: version}`` of the writing process
 ``metrics``             the last reported metrics
 ``plugin_state``        what plugins stored from ``gentrain_on_save_checkpoint``
+``data_spec``           ``{shape, num_classes, name}`` of the training data, so
+                        :func:`engine.load` needs no data files (older
+                        checkpoints lack it)
+``model_plugin``        ``{plugin, dist, version}`` that registered the model:
+                        what to install where the plugin is missing
 ======================  =====================================================
 
 Files are written to a temporary name, flushed to disk and renamed, so a crash
@@ -40,6 +45,7 @@ import numpy as np
 import torch
 
 from engine.errors import CheckpointError
+from engine.model import DataSpec
 
 FORMAT = 1
 _NAME = re.compile(r"^step=(\d+)\.pt$")
@@ -93,6 +99,32 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a gentrain checkpoint of format {FORMAT}")
     return state
+
+
+def spec_state(spec: DataSpec) -> dict[str, Any]:
+    """A :class:`DataSpec` as plain values (the checkpoint's ``data_spec``)."""
+    return {"shape": [int(d) for d in spec.shape], "num_classes": spec.num_classes, "name": spec.name}
+
+
+def spec_from_state(state: dict[str, Any]) -> DataSpec | None:
+    """The checkpoint's :class:`DataSpec`, or ``None`` for checkpoints written before it was stored."""
+    raw = state.get("data_spec")
+    if not isinstance(raw, dict):
+        return None
+    c, h, w = (int(d) for d in raw["shape"])
+    classes = raw.get("num_classes")
+    return DataSpec((c, h, w), None if classes is None else int(classes), str(raw.get("name", "")))
+
+
+def model_origin(plugins: Any, model_name: str) -> dict[str, str]:
+    """``{plugin, dist, version}`` of the plugin that registered ``model_name`` (the checkpoint's ``model_plugin``)."""
+    entry = plugins.models.get(model_name)
+    info = plugins.info.get(entry.plugin)
+    return {
+        "plugin": str(entry.plugin),
+        "dist": str(getattr(info, "dist", "") or ""),
+        "version": str(getattr(info, "version", "") or ""),
+    }
 
 
 def list_checkpoints(directory: str | Path) -> list[Path]:

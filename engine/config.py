@@ -21,17 +21,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 import re
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
-from engine.errors import ConfigError, suggest
+from engine.errors import ConfigError, PluginError, suggest
+
+_log = logging.getLogger("gentrain")
+
+if TYPE_CHECKING:
+    from engine.registry import Registry
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -50,6 +56,15 @@ class LossName:
     """
 
     kind: str
+
+
+class Registries(Protocol):
+    """What :func:`resolve` needs of a plugin manager: its three registries."""
+
+    models: Registry[Any]
+    losses: Registry[Any]
+    datasets: Registry[Any]
+    options: Registry[Any]
 
 
 # ---------------------------------------------------------------------------
@@ -119,16 +134,13 @@ class RunSection:
 
 @dataclass(frozen=True)
 class CallbacksConfig:
-    """Options of the built-in trainer plugins (progress, logging, grids, early stopping)."""
+    """The ``callbacks`` section when no plugin declares options in it.
 
-    progress: bool = True
-    csv: bool = True
-    tensorboard: bool = True
-    sample_every: NonNegativeInt = 1
-    num_samples: PositiveInt = 64
-    early_stopping_metric: str | None = None
-    early_stopping_mode: Literal["min", "max"] = "min"
-    early_stopping_patience: PositiveInt = 3
+    The section's fields are declared by the trainer plugins themselves
+    (``gentrain_register_options``): :func:`resolve` builds one frozen
+    dataclass from every plugin's option class, so ``config.callbacks.csv``
+    exists exactly when a loaded plugin declares it.
+    """
 
 
 @dataclass(frozen=True)
@@ -171,6 +183,19 @@ class DataConfig:
     loader_workers: NonNegativeInt = 0
     params: Any = None
 
+    def root_path(self, dataset: str) -> Path:
+        """``root`` as an absolute path; file datasets require it unless downloading (then ``./data``)."""
+        if self.root is None:
+            if self.download:
+                return Path("data").resolve()
+            raise ConfigError.one(
+                "data.root",
+                None,
+                f"required for dataset {dataset!r}: the directory holding its files "
+                "(or set data.download=true to fetch them into ./data)",
+            )
+        return Path(self.root).expanduser().resolve()
+
 
 @dataclass(frozen=True)
 class ModelSection:
@@ -188,8 +213,19 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     scaling: ScalingConfig = field(default_factory=ScalingConfig)
     run: RunSection = field(default_factory=RunSection)
-    callbacks: CallbacksConfig = field(default_factory=CallbacksConfig)
+    callbacks: Any = field(default_factory=CallbacksConfig)
     tune: TuneSection = field(default_factory=TuneSection)
+    #: Top-level sections that plugins declared (``gentrain_register_options``), by name.
+    sections: dict[str, Any] = field(default_factory=dict)
+
+    def section(self, name: str) -> Any:
+        """The validated options of plugin section ``name`` (``config.section("wandb").project``)."""
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise KeyError(
+                f"no plugin section {name!r}; sections: {', '.join(sorted(self.sections)) or 'none'}"
+            ) from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (lists, not tuples): what YAML, Ray and checkpoints carry."""
@@ -202,6 +238,8 @@ class RunConfig:
                 d = _plain(value)
                 params = d.pop("params") or {}
                 out[f.name] = {**d, **params}
+            elif f.name == "sections":
+                out.update({name: _plain(section) for name, section in value.items()})
             else:
                 out[f.name] = _plain(value)
         return out
@@ -212,13 +250,13 @@ class RunConfig:
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml())
 
-    def replace(self, overrides: Mapping[str, Any] | Iterable[str]) -> RunConfig:
-        """A new validated config with dotted overrides applied (``{"optim.lr": 1e-4}``)."""
+    def replace(self, overrides: Mapping[str, Any] | Iterable[str], plugins: Registries) -> RunConfig:
+        """A new config with dotted overrides applied (``{"optim.lr": 1e-4}``), validated against ``plugins``."""
         raw = self.to_dict()
         items = overrides.items() if isinstance(overrides, Mapping) else parse_overrides(overrides).items()
         for key, value in items:
             set_dotted(raw, key, value)
-        return resolve(raw)
+        return resolve(raw, plugins)
 
 
 _SECTIONS: dict[str, type] = {
@@ -226,9 +264,54 @@ _SECTIONS: dict[str, type] = {
     "trainer": TrainerConfig,
     "scaling": ScalingConfig,
     "run": RunSection,
-    "callbacks": CallbacksConfig,
     "tune": TuneSection,
 }
+#: The shared section whose fields trainer plugins declare (``kind="callbacks"``).
+CALLBACKS = "callbacks"
+_composed: dict[tuple[tuple[str, type], ...], type] = {}
+
+
+def _rebuild_callbacks(parts: tuple[tuple[str, type], ...], values: dict[str, Any]) -> Any:
+    return _compose(parts)(**values)
+
+
+def callbacks_class(options: Registry[Any]) -> type:
+    """One frozen dataclass with the fields every plugin declared for the ``callbacks`` section.
+
+    Built once per set of contributions (so configs resolved in one process
+    compare equal); two plugins declaring the same field is a plugin error.
+    """
+    return _compose(tuple((e.name, e.config_cls) for e in options if e.kind == CALLBACKS and e.config_cls is not None))
+
+
+def _compose(parts: tuple[tuple[str, type], ...]) -> type:
+    cls = _composed.get(parts)
+    if cls is not None:
+        return cls
+    owners: dict[str, str] = {}
+    fields: list[tuple[str, Any, Any]] = []
+    for name, part in parts:
+        hints = typing.get_type_hints(part, include_extras=True)
+        for f in dataclasses.fields(part):
+            if f.name in owners:
+                raise PluginError(
+                    f"option callbacks.{f.name} is declared by two plugins: {owners[f.name]!r} and {name!r}; "
+                    "rename one of them"
+                )
+            owners[f.name] = name
+            fields.append((f.name, hints[f.name], field(default=f.default, default_factory=f.default_factory)))
+    if not fields:
+        cls = CallbacksConfig
+    else:
+        # Pickled by its parts (importable plugin classes), not by this built class.
+        def __reduce__(self: Any, parts: Any = parts) -> Any:
+            return _rebuild_callbacks, (parts, {f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+        cls = dataclasses.make_dataclass("CallbacksConfig", fields, frozen=True, namespace={"__reduce__": __reduce__})
+        cls.__module__ = __name__
+        cls.__doc__ = "Options of the trainer plugins: " + ", ".join(f"{o}: {n}" for o, n in owners.items())
+    _composed[parts] = cls
+    return cls
 
 
 def _plain(value: Any) -> Any:
@@ -314,19 +397,20 @@ def _walk_annotated(hint: Any) -> Iterable[Any]:
             yield from _walk_annotated(arg)
 
 
-def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
+def resolve(raw: Mapping[str, Any], plugins: Registries) -> RunConfig:
     """Validate a plain dict (from YAML, a recipe, Ray) into a :class:`RunConfig`.
 
-    :param plugins: the :class:`~engine.plugins.PluginManager` whose registries
-        name the models, datasets and losses; default :func:`engine.plugins.current`.
+    :param plugins: whose registries name the models, datasets and losses (a
+        :class:`~engine.plugins.PluginManager`); explicit, so the config layer
+        never reaches for a process-global plugin host.
     :raises ConfigError: listing every problem found.
     """
-    from engine import plugins as plugins_mod
-
-    pm = plugins if plugins is not None else plugins_mod.current()
+    pm = plugins
     if not isinstance(raw, Mapping):
         raise ConfigError.one("<config>", raw, "must be a mapping of section: {field: value}")
-    known = ["model", "data", *_SECTIONS]
+    options = getattr(pm, "options", None)
+    plugin_sections = {e.name: e for e in options or () if e.kind is None and e.config_cls is not None}
+    known = ["model", "data", *_SECTIONS, CALLBACKS, *sorted(plugin_sections)]
     problems: list[tuple[str, object, str]] = []
     for key in raw:
         if key not in known:
@@ -338,6 +422,13 @@ def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
     for key, cls in _SECTIONS.items():
         sections[key], found = validate_dataclass(cls, raw.get(key), f"{key}.")
         problems += found
+    sections[CALLBACKS], found = _validate_callbacks(raw.get(CALLBACKS), options, pm)
+    problems += found
+    declared: dict[str, Any] = {}
+    for key, entry in sorted(plugin_sections.items()):
+        declared[key], found = validate_dataclass(entry.config_cls, raw.get(key), f"{key}.")  # type: ignore[arg-type]
+        problems += found
+    sections["sections"] = declared
     optim = sections.get("optim")
     if optim is not None:
         for name, over in optim.per_optimizer.items():
@@ -389,6 +480,24 @@ def resolve(raw: Mapping[str, Any], plugins: Any = None) -> RunConfig:
     assert model is not None
     assert data is not None
     return RunConfig(model=model, data=data, **sections)
+
+
+def _validate_callbacks(raw: Any, options: Registry[Any] | None, pm: Any) -> tuple[Any, list[tuple[str, object, str]]]:
+    """The ``callbacks`` section against the fields the loaded plugins declare.
+
+    A key that no loaded plugin declares is refused, unless plugins are
+    blocked (``GENTRAIN_DISABLE_PLUGINS``): then it may belong to a blocked
+    plugin, and is dropped with a log line instead.
+    """
+    cls = callbacks_class(options) if options is not None else CallbacksConfig
+    blocked = bool(getattr(pm, "blocked", ()))
+    if blocked and isinstance(raw, Mapping):
+        names = {f.name for f in dataclasses.fields(cls)}
+        dropped = sorted(str(k) for k in raw if k not in names)
+        if dropped:
+            _log.info("callbacks.%s: no loaded plugin declares it (some plugins are blocked); ignored", dropped)
+            raw = {k: v for k, v in raw.items() if k in names}
+    return validate_dataclass(cls, raw, f"{CALLBACKS}.")
 
 
 def _section(raw: Mapping[str, Any], key: str, problems: list[tuple[str, object, str]]) -> dict[str, Any]:

@@ -241,17 +241,3 @@ def make_loader(
     return MemoryLoader(
         dataset, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size, drop_last=train, device=device
     )
-
-
-def resolve_root(data: DataConfig, name: str) -> Path:
-    """``data.root`` as an absolute path; file datasets require it unless downloading."""
-    if data.root is None:
-        if data.download:
-            return Path("data").resolve()
-        raise ConfigError.one(
-            "data.root",
-            None,
-            f"required for dataset {name!r}: the directory holding its files "
-            "(or set data.download=true to fetch them into ./data)",
-        )
-    return Path(data.root).expanduser().resolve()

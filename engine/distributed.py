@@ -81,9 +81,6 @@ from engine.config import RunConfig, ScalingConfig
 from engine.errors import ConfigError, GentrainError, TrainingError
 from engine.plugins import AUTOLOAD_ENV, BLOCK_ENV, EXTRA_ENV
 
-if TYPE_CHECKING:
-    from engine.api import FitResult
-
 #: Environment variables the workers need to load the driver's plugins.
 PROPAGATED_ENV = (EXTRA_ENV, BLOCK_ENV, AUTOLOAD_ENV, "PYTHONPATH")
 #: Skip the static resource check (nodes appear on demand).
@@ -116,7 +113,7 @@ _START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 # ---------------------------------------------------------------------------
 
 
-def fit_ray(run_config: RunConfig) -> FitResult:
+def fit_ray(run_config: RunConfig) -> dict[str, float]:
     """Train ``run_config`` (already validated by :func:`engine.api.prepare`) on Ray Train workers.
 
     :raises ConfigError: the scaling request cannot work (before any worker starts).
@@ -127,11 +124,8 @@ def fit_ray(run_config: RunConfig) -> FitResult:
     from ray.train.v2.api.exceptions import TrainingFailedError
     from ray.train.v2.torch.torch_trainer import TorchTrainer
 
-    from engine.api import FitResult
-
     scaling = run_config.scaling
     resources = worker_resources(scaling)
-    run_dir = loop.run_dir_of(run_config)
     launch = {"id": uuid.uuid4().hex, "time": time.time()}
     _require_train_v2()
     with _environment({_START_TIMEOUT_ENV: _num(scaling.start_timeout_s)}):
@@ -158,12 +152,7 @@ def fit_ray(run_config: RunConfig) -> FitResult:
     # what was reported together with a checkpoint.
     returned = getattr(result, "return_value", None)
     metrics = returned if isinstance(returned, dict) else (result.metrics or {})
-    return FitResult(
-        run_config,
-        run_dir,
-        {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))},
-        ckpt.latest(run_dir / "checkpoints"),
-    )
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
 def is_deterministic_failure(error: BaseException) -> bool:
@@ -597,7 +586,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
         if env.restarted(loop.run_dir_of(run_config) / "checkpoints"):
             run_dict["run"]["resume"] = "auto"
     try:
-        metrics = loop.train(run_dict, env, plugins)
+        metrics = loop.train(run_config, env, plugins)
     except Exception as error:
         sendable = sendable_error(error, env.rank)
         if sendable is error:

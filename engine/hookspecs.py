@@ -28,8 +28,8 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from engine.loop import Trainer
     from engine.registry import Registry
+    from engine.trainer import Trainer
 
 PROJECT = "gentrain"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -79,6 +79,25 @@ def gentrain_register_datasets(registry: Registry[Any]) -> None:
     """
 
 
+@hookspec
+def gentrain_register_options(registry: Registry[Any]) -> None:
+    """Declare a plugin's own config options (as pytest plugins do in ``pytest_addoption``).
+
+    Called once per process after all plugins are loaded, before any config is
+    resolved. Options are frozen ``@dataclass`` classes, validated like the
+    engine's sections (field-named errors, suggestions, bounds):
+
+    * ``registry.add("wandb", plugin, WandbOptions)`` adds a top-level section
+      ``wandb:``; read it back as ``trainer.config.section("wandb")``;
+    * ``registry.add("csv_logger", plugin, CsvOptions, kind="callbacks")`` adds
+      the class's fields to the shared ``callbacks:`` section
+      (``trainer.config.callbacks.csv``); two plugins may not declare one field.
+
+    :param registry: the option registry; its names are section names (or,
+        with ``kind="callbacks"``, the contributing plugin's name).
+    """
+
+
 # ---------------------------------------------------------------------------
 # factory hooks
 # ---------------------------------------------------------------------------
@@ -90,12 +109,12 @@ def gentrain_make_optimizer(name: str, params: list[torch.nn.Parameter], config:
 
     Called once per optimizer on every rank, after the model is built and moved
     to its device and before any checkpoint is loaded. Stops at the first
-    non-``None`` result; the engine's own implementation runs last and builds
-    the ``torch.optim`` class named by ``config.algo``.
+    non-``None`` result; when every plugin returns ``None`` the engine builds
+    the ``torch.optim`` class named by ``config.algo`` (:mod:`engine.optim`).
 
     :param name: the optimizer's name as returned by ``Model.optimizers()``.
     :param params: the parameters it updates.
-    :param config: the resolved :class:`engine.config.OptimConfig` for it.
+    :param config: the resolved :class:`engine.OptimConfig` for it.
     :return: an optimizer, or ``None`` to leave it to the next plugin.
     """
 

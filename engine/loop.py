@@ -30,8 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,119 +39,13 @@ import torch
 from torch import Tensor, nn
 
 from engine import checkpoint as ckpt
-from engine.builtin import apply_hyperparameters
 from engine.config import RunConfig, resolve
 from engine.data import ImageData, load_data, make_loader, split
 from engine.errors import CheckpointError, ConfigError, TrainingError
 from engine.model import Batch, Model, Phase, _BatchNoise
+from engine.optim import apply_hyperparameters, make_optimizer
 from engine.plugins import PluginManager, current
-
-
-@dataclass
-class WorkerEnv:
-    """Where this copy of the loop runs. The base class is the single in-process worker."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-
-    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
-        """Hand the epoch's metrics (and the checkpoint rank 0 wrote, if any) to the launcher."""
-
-    def resume_checkpoint(self) -> Path | None:
-        """A checkpoint the launcher wants this run resumed from (Ray's registered one), if any."""
-        return None
-
-    def all_reduce(self, tensor: Tensor) -> Tensor:
-        """Sum ``tensor`` over ranks, in place."""
-        if self.world_size > 1:
-            torch.distributed.all_reduce(tensor)
-        return tensor
-
-    def all_gather(self, obj: Any) -> list[Any]:
-        if self.world_size == 1:
-            return [obj]
-        out: list[Any] = [None] * self.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def wrap_ddp(self, module: nn.Module) -> nn.Module:
-        return module
-
-
-class Trainer:
-    """The state of a run, as the trainer hooks see it.
-
-    Plugins read ``config``, ``model``, ``optimizers``, ``epoch``, ``step``,
-    ``rank``, ``is_rank_zero``, ``run_dir``, ``data_spec`` and ``metrics``,
-    and may set ``should_stop``.
-    """
-
-    def __init__(
-        self,
-        config: RunConfig,
-        plugins: PluginManager,
-        env: WorkerEnv,
-        model: Model,
-        optimizers: dict[str, torch.optim.Optimizer],
-        run_dir: Path,
-    ) -> None:
-        self.config = config
-        self.plugins = plugins
-        self.env = env
-        self.model = model
-        self.optimizers = optimizers
-        self.scalers: dict[str, torch.amp.GradScaler] = {}
-        self.run_dir = run_dir
-        self.data_spec = model.data
-        self.epoch = 0
-        self.step = 0
-        self.batch_in_epoch = 0
-        self.metrics: dict[str, float] = {}
-        self.should_stop = False
-        self.skipped_steps = 0
-        # Skipping an update is decided by all ranks together (see check_finite).
-        self.agree_on_skips = config.trainer.nan_policy == "skip" and env.world_size > 1
-        self.ddp: dict[str, nn.Module] = {}
-        self.raw: dict[str, nn.Module] = {}
-        self.last_checkpoint: Path | None = None
-        self.fixed_batch: Tensor | None = None
-
-    @property
-    def rank(self) -> int:
-        return self.env.rank
-
-    @property
-    def world_size(self) -> int:
-        return self.env.world_size
-
-    @property
-    def is_rank_zero(self) -> bool:
-        return self.env.rank == 0
-
-    @property
-    def device(self) -> torch.device:
-        return self.env.device
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
-
-    def fire(self, hookname: str, **kwargs: Any) -> None:
-        self.plugins.fire(hookname, trainer=self, **kwargs)
-
-    @contextlib.contextmanager
-    def unwrapped(self) -> Iterator[Model]:
-        """The model with its plain sub-networks in place of DDP wrappers (eval, sampling, saving)."""
-        for name, module in self.raw.items():
-            setattr(self.model, name, module)
-        try:
-            yield self.model
-        finally:
-            for name, module in self.ddp.items():
-                setattr(self.model, name, module)
-
+from engine.trainer import Trainer, WorkerEnv
 
 # ---------------------------------------------------------------------------
 # the loop
@@ -160,17 +53,24 @@ class Trainer:
 
 
 def train(
-    config_dict: dict[str, Any], env: WorkerEnv | None = None, plugins: PluginManager | None = None
+    config: RunConfig | Mapping[str, Any],
+    env: WorkerEnv | None = None,
+    plugins: PluginManager | None = None,
+    data: ImageData | None = None,
 ) -> dict[str, float]:
     """Run one training run on this worker; return the last metrics.
 
-    :param config_dict: the resolved run config as a plain dict (what Ray carries).
+    :param config: the resolved run config; a plain dict (what Ray carries) is
+        resolved here, once, against ``plugins``.
     :param env: rank, device and reporting; default: the single in-process worker.
     :param plugins: default: this process's plugin manager (each Ray worker loads its own).
+    :param data: the dataset, when the caller already loaded it (in-process runs
+        load it once, in :func:`engine.api.prepare`); loaded here otherwise.
     """
     env = env or WorkerEnv()
     plugins = plugins or current()
-    config = resolve(config_dict, plugins)
+    if not isinstance(config, RunConfig):
+        config = resolve(config, plugins)
     t = config.trainer
     if t.num_threads:
         torch.set_num_threads(t.num_threads)
@@ -181,7 +81,7 @@ def train(
     seed_everything(t.seed)
 
     # -- data ----------------------------------------------------------------
-    dataset = load_data(config.data, plugins)
+    dataset = data if data is not None else load_data(config.data, plugins)
     train_set, val_set = split(dataset, config.data)
     check_batch_size(train_set, t.batch_size * env.world_size * t.accumulate_grad_batches)
     loader_args = dict(seed=t.seed, rank=env.rank, world_size=env.world_size, device=env.device)
@@ -195,7 +95,7 @@ def train(
     param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.optimizers().items()}
     check_phases(phases, param_groups)
     optimizers = {
-        name: plugins.hook.gentrain_make_optimizer(name=name, params=params, config=config.optim.for_optimizer(name))
+        name: make_optimizer(plugins.hook, name, params, config.optim.for_optimizer(name))
         for name, params in param_groups.items()
     }
     trainer = Trainer(config, plugins, env, model, optimizers, run_dir_of(config))
@@ -637,6 +537,8 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "plugins": trainer.plugins.versions(),
             "metrics": dict(trainer.metrics),
             "plugin_state": {},
+            "data_spec": ckpt.spec_state(trainer.data_spec),
+            "model_plugin": ckpt.model_origin(trainer.plugins, trainer.config.model.name),
         }
     trainer.fire("gentrain_on_save_checkpoint", state=state)
     if not trainer.is_rank_zero:

@@ -2,12 +2,11 @@
 
 Where plugins come from, in order:
 
-1. the engine's own plugin (``engine.builtin``: datasets, the default optimizer
-   factory);
-2. every entry point in the group ``gentrain`` (the built-in AE, VAE, GAN,
-   AE-GAN, losses and callbacks are entry points of the ``gentrain``
-   distribution itself, loaded exactly like a third party's);
-3. modules named in ``GENTRAIN_PLUGINS`` (comma-separated import paths).
+1. every entry point in the group ``gentrain`` (the built-in AE, VAE, GAN,
+   AE-GAN, datasets, losses and callbacks are entry points of the ``gentrain``
+   distribution itself, loaded exactly like a third party's; the host imports
+   none of their content);
+2. modules named in ``GENTRAIN_PLUGINS`` (comma-separated import paths).
 
 Environment variables:
 
@@ -23,6 +22,7 @@ import contextlib
 import importlib
 import importlib.metadata as md
 import os
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType, TracebackType
@@ -73,6 +73,8 @@ class PluginManager:
         self.models: Registry[Any] = Registry("model", "model.name")
         self.losses: Registry[Any] = Registry("loss", "loss")
         self.datasets: Registry[Any] = Registry("dataset", "data.name")
+        self.options: Registry[Any] = Registry("option set", "section")
+        self.blocked: list[str] = []
         self.info: dict[str, PluginInfo] = {}
         self._registered = False
 
@@ -104,20 +106,34 @@ class PluginManager:
         for n in names:
             if n:
                 self.pm.set_blocked(n)
+                self.blocked.append(n)
 
     def load_entry_points(self, *, third_party: bool) -> None:
         """Import and register every entry point in the ``gentrain`` group.
 
         :param third_party: also load entry points of distributions other than gentrain.
         """
-        eps = sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: (e.dist.name if e.dist else "", e.name))
-        seen: set[str] = set()
+        # Built-ins first, then other distributions in name order.
+        eps = sorted(
+            md.entry_points(group=ENTRY_POINT_GROUP),
+            key=lambda e: ((e.dist.name if e.dist else "") != DIST_NAME, e.dist.name if e.dist else "", e.name),
+        )
+        seen: dict[str, str] = {}
         for ep in eps:
             dist = ep.dist.name if ep.dist else "unknown"
             builtin = dist == DIST_NAME
-            if (not builtin and not third_party) or self.pm.is_blocked(ep.name) or ep.name in seen:
+            if (not builtin and not third_party) or self.pm.is_blocked(ep.name):
                 continue
-            seen.add(ep.name)
+            if ep.name in seen:
+                if seen[ep.name] == dist:  # the same distribution seen twice on sys.path
+                    continue
+                # A plugin name is unique: another distribution must not replace (impersonate) one.
+                raise PluginError(
+                    f"plugin name {ep.name!r} is claimed by two distributions: {seen[ep.name]} "
+                    f"{_version(seen[ep.name])} and {dist} {_version(dist)}; uninstall one, or block the name "
+                    f"with {BLOCK_ENV}={ep.name} (that blocks both)"
+                )
+            seen[ep.name] = dist
             try:
                 plugin = ep.load()
             except Exception as e:
@@ -148,23 +164,28 @@ class PluginManager:
                 f"plugin {plugin!r} implements an unknown hook: {e}. "
                 f"Hook names start with 'gentrain_'; see engine/hookspecs.py"
             ) from e
+        order = {name: i for i, name in enumerate(self.info)}
         for hookname, registry in (
             ("gentrain_register_models", self.models),
             ("gentrain_register_losses", self.losses),
             ("gentrain_register_datasets", self.datasets),
+            ("gentrain_register_options", self.options),
         ):
-            for impl in getattr(self.pm.hook, hookname).get_hookimpls():
-                registry.current_plugin = impl.plugin_name
-                try:
-                    impl.function(**{a: registry for a in impl.argnames})
-                except PluginError:
-                    raise
-                except Exception as e:
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r} raised in {hookname}: {type(e).__name__}: {e}"
-                    ) from e
-                finally:
-                    registry.current_plugin = "<direct>"
+            # Called through the manager with keyword arguments, so a spec can
+            # grow an argument without breaking implementations that take fewer.
+            impls = getattr(self.pm.hook, hookname).get_hookimpls()
+            registry.caller = lambda impls=impls: _calling_plugin(impls)  # type: ignore[misc]
+            registry.order = order
+            registry.describe = self.describe
+            try:
+                getattr(self.pm.hook, hookname)(registry=registry)
+            except PluginError:
+                raise
+            except Exception as e:
+                plugin = self.plugin_of_error(hookname, e.__traceback__) or "?"
+                raise PluginError(f"plugin {plugin!r} raised in {hookname}: {type(e).__name__}: {e}") from e
+            finally:
+                registry.caller = lambda: None
         for name, info in self.info.items():
             plugin = self.pm.get_plugin(name)
             info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))
@@ -195,6 +216,13 @@ class PluginManager:
             error.retryable = not isinstance(e, GentrainError) or e.retryable
             raise error from e
 
+    def describe(self, plugin: str) -> str:
+        """``'name' (distribution version)``, for messages that must say what to uninstall."""
+        info = self.info.get(plugin)
+        if info is None or not info.dist:
+            return repr(plugin)
+        return f"{plugin!r} ({info.dist} {info.version})"
+
     def versions(self) -> dict[str, str]:
         return {n: i.version for n, i in sorted(self.info.items())}
 
@@ -202,24 +230,39 @@ class PluginManager:
 def load_plugins(
     *, autoload: bool | None = None, blocked: Iterable[str] = (), extra: Iterable[object] = ()
 ) -> PluginManager:
-    """Build a plugin manager: engine plugin, entry points, ``GENTRAIN_PLUGINS``, ``extra``.
+    """Build a plugin manager: entry points, ``GENTRAIN_PLUGINS``, ``extra``.
 
     :param autoload: load third-party entry points; default from ``GENTRAIN_DISABLE_PLUGIN_AUTOLOAD``.
     :param blocked: plugin names to block, on top of ``GENTRAIN_DISABLE_PLUGINS``.
     :param extra: plugin objects to register (tests, notebooks).
     """
-    from engine import builtin
-
     if autoload is None:
         autoload = os.environ.get(AUTOLOAD_ENV, "").lower() not in ("1", "true", "yes")
     manager = PluginManager()
     manager.block([*os.environ.get(BLOCK_ENV, "").split(","), *blocked])
-    manager.register(builtin, "engine", dist=DIST_NAME, version=_version(DIST_NAME), builtin=True)
     manager.load_entry_points(third_party=autoload)
     manager.load_modules(os.environ.get(EXTRA_ENV, "").split(","))
     for i, plugin in enumerate(extra):
         manager.register(plugin, getattr(plugin, "__name__", None) or f"{type(plugin).__name__}-{i}")
     return manager.finish()
+
+
+def _calling_plugin(impls: list[Any]) -> str | None:
+    """The plugin whose hook implementation is on the call stack (innermost first).
+
+    Two instances of one class share a code object, so a method is matched by
+    its ``self`` too.
+    """
+    by_code: dict[Any, list[Any]] = {}
+    for impl in impls:
+        by_code.setdefault(impl.function.__code__, []).append(impl)
+    frame = sys._getframe(1)
+    while frame is not None:
+        for impl in by_code.get(frame.f_code, ()):
+            if len(by_code[frame.f_code]) == 1 or frame.f_locals.get("self") is impl.plugin:
+                return str(impl.plugin_name)
+        frame = frame.f_back  # type: ignore[assignment]
+    return None
 
 
 _current: PluginManager | None = None

@@ -46,8 +46,17 @@ class Registry(Generic[T]):
         self.what = what
         self.field = field
         self._entries: dict[str, Entry[T]] = {}
-        # Set by the plugin manager while a plugin's registration hook runs.
-        self.current_plugin = "<direct>"
+        # Set by the plugin manager while the registration hooks run: who is
+        # calling ``add`` (found from the call stack), in which order plugins
+        # were registered, and how to name a plugin with its distribution.
+        self.caller: Callable[[], str | None] = lambda: None
+        self.order: dict[str, int] = {}
+        self.describe: Callable[[str], str] = lambda plugin: repr(plugin)
+
+    @property
+    def current_plugin(self) -> str:
+        """The plugin whose registration hook is calling :meth:`add` (``<direct>`` outside one)."""
+        return self.caller() or "<direct>"
 
     def add(
         self,
@@ -68,11 +77,14 @@ class Registry(Generic[T]):
         """
         if not isinstance(name, str) or not name or name != name.strip():
             raise PluginError(f"plugin {self.current_plugin!r} registered a {self.what} with an invalid name {name!r}")
+        plugin = self.current_plugin
         if name in self._entries:
-            first = self._entries[name].plugin
+            first, second = sorted(
+                {self._entries[name].plugin, plugin}, key=lambda p: (self.order.get(p, len(self.order)), p)
+            )
             raise PluginError(
-                f"{self.what} {name!r} is registered twice: by plugin {first!r} and by plugin "
-                f"{self.current_plugin!r}; block one of them with GENTRAIN_DISABLE_PLUGINS={self.current_plugin}"
+                f"{self.what} {name!r} is registered twice: by plugin {self.describe(first)} and by plugin "
+                f"{self.describe(second)}; uninstall one or block it with GENTRAIN_DISABLE_PLUGINS={second}"
             )
         if config_cls is not None and not (isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)):
             raise PluginError(
@@ -82,7 +94,7 @@ class Registry(Generic[T]):
         if doc is None:
             lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             doc = lines[0] if lines else ""
-        self._entries[name] = Entry(name, obj, config_cls, self.current_plugin, kind, doc)
+        self._entries[name] = Entry(name, obj, config_cls, plugin, kind, doc)
 
     def get(self, name: str, *, kind: str | None = None) -> Entry[T]:
         """Return the entry called ``name`` (of sub-kind ``kind`` if given).

@@ -56,7 +56,7 @@ def build(
 ) -> tuple[Model, Batch, DataSpec]:
     """Build model ``name`` from its default config (plus ``overrides``) and a batch of ``data``."""
     raw = {"model": {"name": name, **(overrides or {})}, "data": data or {"name": "shapes", "n": 64, "size": 32}}
-    config = resolve(raw)
+    config = resolve(raw, current())
     dataset = load_data(config.data, current())
     spec = dataset.spec
     if hasattr(config.model.params, "check"):

@@ -773,7 +773,7 @@ def make_trainable(setup: TrialSetup) -> Callable[[dict[str, Any]], None]:
             if run_config.scaling.num_workers == 0:
                 device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
                 env = TuneWorkerEnv(device=device, reporter=reporter, keep=setup.keep)
-                final = loop.train(run_config.to_dict(), env, plugins)
+                final = loop.train(run_config, env, plugins)
             else:
                 # Ray Train reads its settings from the environment of the process calling fit().
                 os.environ[_START_TIMEOUT_ENV] = f"{run_config.scaling.start_timeout_s:g}"

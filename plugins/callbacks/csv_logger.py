@@ -7,10 +7,23 @@ the file (it is rewritten with the new header).
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import engine
+
+
+@dataclass(frozen=True)
+class CsvOptions:
+    """``callbacks.csv``: write ``metrics.csv`` (rank 0, one row per epoch)."""
+
+    csv: bool = True
+
+
+@engine.hookimpl
+def gentrain_register_options(registry: engine.Registry[Any]) -> None:
+    registry.add("csv_logger", CsvOptions, CsvOptions, kind="callbacks")
 
 
 @engine.hookimpl

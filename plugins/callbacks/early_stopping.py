@@ -7,15 +7,29 @@ an uninterrupted one would have.
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import engine
+
+
+@dataclass(frozen=True)
+class EarlyStoppingOptions:
+    """``callbacks.early_stopping_*``: stop when a validation metric stops improving for ``patience`` epochs."""
+
+    early_stopping_metric: str | None = None
+    early_stopping_mode: Literal["min", "max"] = "min"
+    early_stopping_patience: engine.PositiveInt = 3
 
 
 class EarlyStopping:
     def __init__(self) -> None:
         self.best = math.nan
         self.bad_epochs = 0
+
+    @engine.hookimpl
+    def gentrain_register_options(self, registry: engine.Registry[Any]) -> None:
+        registry.add("early_stopping", EarlyStoppingOptions, EarlyStoppingOptions, kind="callbacks")
 
     @engine.hookimpl
     def gentrain_on_fit_start(self, trainer: Any) -> None:

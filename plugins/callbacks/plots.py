@@ -39,7 +39,7 @@ def plot_metrics(csv_path: Path, out: Path) -> None:
 
 @engine.hookimpl(trylast=True)  # after the CSV logger has written this epoch's row
 def gentrain_on_train_epoch_end(trainer: Any) -> None:
-    if not (trainer.is_rank_zero and trainer.config.callbacks.csv):
+    if not (trainer.is_rank_zero and getattr(trainer.config.callbacks, "csv", False)):
         return
     path = Path(trainer.run_dir) / "metrics.csv"
     if path.exists():

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import engine
@@ -16,10 +17,21 @@ def format_metrics(metrics: dict[str, float]) -> str:
     return "  ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k not in ("epoch", "step"))
 
 
+@dataclass(frozen=True)
+class ProgressOptions:
+    """``callbacks.progress``: print progress on rank 0."""
+
+    progress: bool = True
+
+
 class Progress:
     def __init__(self) -> None:
         self.t0 = 0.0
         self.epoch_t0 = 0.0
+
+    @engine.hookimpl
+    def gentrain_register_options(self, registry: engine.Registry[Any]) -> None:
+        registry.add("progress", ProgressOptions, ProgressOptions, kind="callbacks")
 
     @staticmethod
     def _on(trainer: Any) -> bool:

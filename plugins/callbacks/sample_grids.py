@@ -8,6 +8,7 @@ a private generator so the grids do not disturb the training RNG streams.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,19 @@ def image_grid(images: torch.Tensor, nrow: int | None = None, pad: int = 2) -> I
         )
     array = (grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     return Image.fromarray(array[:, :, 0] if c == 1 else array, mode="L" if c == 1 else "RGB")
+
+
+@dataclass(frozen=True)
+class SampleGridOptions:
+    """``callbacks.sample_every`` (epochs; 0 turns grids off) and ``callbacks.num_samples`` (images per grid)."""
+
+    sample_every: engine.NonNegativeInt = 1
+    num_samples: engine.PositiveInt = 64
+
+
+@engine.hookimpl
+def gentrain_register_options(registry: engine.Registry[Any]) -> None:
+    registry.add("sample_grids", SampleGridOptions, SampleGridOptions, kind="callbacks")
 
 
 @engine.hookimpl

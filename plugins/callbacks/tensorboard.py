@@ -5,15 +5,27 @@ Training losses every ``trainer.log_every`` steps, epoch metrics at each epoch e
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import engine
 
 
+@dataclass(frozen=True)
+class TensorBoardOptions:
+    """``callbacks.tensorboard``: write TensorBoard event files under ``<run dir>/tensorboard``."""
+
+    tensorboard: bool = True
+
+
 class TensorBoard:
     def __init__(self) -> None:
         self.writer: Any = None
+
+    @engine.hookimpl
+    def gentrain_register_options(self, registry: engine.Registry[Any]) -> None:
+        registry.add("tensorboard", TensorBoardOptions, TensorBoardOptions, kind="callbacks")
 
     @staticmethod
     def _on(trainer: Any) -> bool:

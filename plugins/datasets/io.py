@@ -4,7 +4,7 @@ Every reader here returns plain tensors: images as ``uint8`` ``N x C x H x W``
 and labels as ``int64`` ``N``. There is no registry and no ``DataLoader`` here;
 the data plugins wrap these functions. Every problem a user can cause (a missing
 directory, a truncated or corrupt file, no network) is raised as
-:class:`engine.errors.DataError` with a message that says what was wrong and how
+:class:`engine.DataError` with a message that says what was wrong and how
 to fix it.
 
 Readers:
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from engine.errors import DataError, suggest
+from engine import DataError, suggest
 
 __all__ = [
     "CIFAR10",

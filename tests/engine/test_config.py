@@ -20,6 +20,7 @@ from pydantic import Field
 
 import engine
 from engine import config as cfg
+from engine.plugins import current
 from engine.testing import plugin_manager
 
 
@@ -51,18 +52,18 @@ def toy() -> Any:
 
 def problems(raw: dict[str, Any]) -> dict[str, tuple[object, str]]:
     with pytest.raises(engine.ConfigError) as info:
-        cfg.resolve(raw)
+        cfg.resolve(raw, current())
     return {field: (value, allowed) for field, value, allowed in info.value.problems}
 
 
 def test_defaults_resolve_and_round_trip_through_yaml(tmp_path: Path) -> None:
-    c = cfg.resolve({"model": {"name": "toy"}})
+    c = cfg.resolve({"model": {"name": "toy"}}, current())
     assert c.model.params == ToyConfig()
     assert c.data.name == "shapes"
     assert c.data.params.n == 10_000
     path = tmp_path / "c.yaml"
     c.save(path)
-    assert cfg.resolve(cfg.read_yaml(path)) == c
+    assert cfg.resolve(cfg.read_yaml(path), current()) == c
     assert "latent_dim: 8" in path.read_text()
 
 
@@ -71,12 +72,12 @@ def test_dotted_overrides_are_typed() -> None:
         {"model": {"name": "toy"}},
         ["model.latent_dim=32", "trainer.epochs=5", "optim.lr=1e-4", "model.hidden=[8,4]", "model.arch=conv"],
     )
-    c = cfg.resolve(raw)
+    c = cfg.resolve(raw, current())
     assert c.model.params.latent_dim == 32
     assert c.model.params.hidden == (8, 4)
     assert c.trainer.epochs == 5
     assert c.optim.lr == pytest.approx(1e-4)
-    assert c.replace({"model.latent_dim": 3}).model.params.latent_dim == 3
+    assert c.replace({"model.latent_dim": 3}, current()).model.params.latent_dim == 3
 
 
 def test_build_raw_does_not_mutate_its_input() -> None:
@@ -166,7 +167,9 @@ def test_missing_model_name_lists_the_models() -> None:
 
 
 def test_per_optimizer_overrides() -> None:
-    c = cfg.resolve({"model": {"name": "toy"}, "optim": {"lr": 1e-3, "per_optimizer": {"disc": {"lr": 4e-4}}}})
+    c = cfg.resolve(
+        {"model": {"name": "toy"}, "optim": {"lr": 1e-3, "per_optimizer": {"disc": {"lr": 4e-4}}}}, current()
+    )
     assert c.optim.for_optimizer("disc").lr == pytest.approx(4e-4)
     assert c.optim.for_optimizer("gen").lr == pytest.approx(1e-3)
 
@@ -305,7 +308,7 @@ configs = st.dictionaries(
 def test_validator_never_crashes_with_anything_but_config_error(raw: dict[str, Any]) -> None:
     error: engine.ConfigError | None = None
     try:
-        resolved = cfg.resolve(raw)
+        resolved = cfg.resolve(raw, current())
     except engine.ConfigError as e:
         error = e
     if error is None:

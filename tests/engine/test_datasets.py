@@ -23,8 +23,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import datasets
-from engine.datasets import (
+from plugins.datasets import io as datasets
+from plugins.datasets.io import (
     MNIST_FAMILY,
     load_cifar10,
     load_image_folder,

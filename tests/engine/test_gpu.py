@@ -19,7 +19,7 @@ from torch import nn
 import engine
 from engine import checkpoint
 from engine.data import DEVICE_RESIDENT_BYTES, ImageData, MemoryLoader
-from engine.datasets import make_shapes
+from plugins.datasets.io import make_shapes
 from engine.testing import plugin_manager
 
 pytestmark = [

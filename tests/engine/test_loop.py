@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 import engine
 from engine import checkpoint
+from engine.plugins import current
 from engine.testing import plugin_manager
 
 # ---------------------------------------------------------------------------
@@ -338,7 +339,7 @@ def test_run_directory_outputs(tmp_path: Path) -> None:
         )
         run = result.run_dir
         # The resolved config written to the run directory reads back to the same config.
-        assert engine.resolve(yaml.safe_load((run / "config.yaml").read_text())) == result.config
+        assert engine.resolve(yaml.safe_load((run / "config.yaml").read_text()), current()) == result.config
     lines = (run / "metrics.csv").read_text().splitlines()
     assert lines[0].split(",") == [
         "train/a/extra",

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from engine import metrics
-from engine.datasets import make_shapes
+from plugins.datasets.io import make_shapes
 from engine.metrics import FeatureClassifier
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from engine.datasets import make_shapes
+from plugins.datasets.io import make_shapes
 from engine.metrics import frechet_distance
 from plugins.aegan import AEGAN, AEGANConfig
 

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from engine.datasets import make_shapes
+from plugins.datasets.io import make_shapes
 from engine.metrics import FeatureClassifier, class_accuracy, frechet_distance
 from plugins.gan import GAN, GANConfig
 

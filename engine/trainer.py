@@ -1,0 +1,128 @@
+"""What a trainer hook receives: :class:`Trainer` (the run's state) and :class:`WorkerEnv` (where it runs).
+
+Plugins annotate hook arguments with ``engine.Trainer``; launchers (in-process,
+Ray Train, a Tune trial, torchrun) subclass :class:`WorkerEnv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from engine.config import RunConfig
+from engine.model import Model
+
+if TYPE_CHECKING:
+    from engine.plugins import PluginManager
+
+
+@dataclass
+class WorkerEnv:
+    """Where this copy of the loop runs. The base class is the single in-process worker."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    def report(self, metrics: dict[str, float], checkpoint: Path | None) -> None:
+        """Hand the epoch's metrics (and the checkpoint rank 0 wrote, if any) to the launcher."""
+
+    def resume_checkpoint(self) -> Path | None:
+        """A checkpoint the launcher wants this run resumed from (Ray's registered one), if any."""
+        return None
+
+    def all_reduce(self, tensor: Tensor) -> Tensor:
+        """Sum ``tensor`` over ranks, in place."""
+        if self.world_size > 1:
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def all_gather(self, obj: Any) -> list[Any]:
+        if self.world_size == 1:
+            return [obj]
+        out: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+    def wrap_ddp(self, module: nn.Module) -> nn.Module:
+        return module
+
+
+class Trainer:
+    """The state of a run, as the trainer hooks see it.
+
+    Plugins read ``config``, ``model``, ``optimizers``, ``epoch``, ``step``,
+    ``rank``, ``is_rank_zero``, ``run_dir``, ``data_spec`` and ``metrics``,
+    and may set ``should_stop``.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        plugins: PluginManager,
+        env: WorkerEnv,
+        model: Model,
+        optimizers: dict[str, torch.optim.Optimizer],
+        run_dir: Path,
+    ) -> None:
+        self.config = config
+        self.plugins = plugins
+        self.env = env
+        self.model = model
+        self.optimizers = optimizers
+        self.scalers: dict[str, torch.amp.GradScaler] = {}
+        self.run_dir = run_dir
+        self.data_spec = model.data
+        self.epoch = 0
+        self.step = 0
+        self.batch_in_epoch = 0
+        self.metrics: dict[str, float] = {}
+        self.should_stop = False
+        self.skipped_steps = 0
+        # Skipping an update is decided by all ranks together (see check_finite).
+        self.agree_on_skips = config.trainer.nan_policy == "skip" and env.world_size > 1
+        self.ddp: dict[str, nn.Module] = {}
+        self.raw: dict[str, nn.Module] = {}
+        self.last_checkpoint: Path | None = None
+        self.fixed_batch: Tensor | None = None
+
+    @property
+    def rank(self) -> int:
+        return self.env.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.env.world_size
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.env.rank == 0
+
+    @property
+    def device(self) -> torch.device:
+        return self.env.device
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def fire(self, hookname: str, **kwargs: Any) -> None:
+        self.plugins.fire(hookname, trainer=self, **kwargs)
+
+    @contextlib.contextmanager
+    def unwrapped(self) -> Iterator[Model]:
+        """The model with its plain sub-networks in place of DDP wrappers (eval, sampling, saving)."""
+        for name, module in self.raw.items():
+            setattr(self.model, name, module)
+        try:
+            yield self.model
+        finally:
+            for name, module in self.ddp.items():
+                setattr(self.model, name, module)
