@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,12 +9,12 @@ from typing import Any
 
 import torch
 
-from engine import config as cfg
 from engine.config import RunConfig
-from engine.data import ImageData, load_data, split
-from engine.errors import ConfigError
-from engine.plugins import PluginManager, current, using
+from engine.plugins import PluginManager, using
+from engine.prepare import check, prepare
 from engine.trainer import WorkerEnv
+
+__all__ = ["FitResult", "check", "fit", "prepare"]
 
 
 @dataclass
@@ -27,63 +25,6 @@ class FitResult:
     run_dir: Path
     metrics: dict[str, float]
     checkpoint: Path | None
-
-
-def prepare(
-    config: RunConfig | Mapping[str, Any],
-    overrides: Iterable[str] | Mapping[str, Any] = (),
-    plugins: PluginManager | None = None,
-) -> tuple[RunConfig, ImageData]:
-    """Everything that can be checked before a worker starts.
-
-    Validates the config, names the run, makes paths absolute (Ray workers
-    run in another working directory), loads the data once (missing or corrupt
-    files fail here) and lets the model config check itself against the data.
-    """
-    pm = plugins or current()
-    raw = config.to_dict() if isinstance(config, RunConfig) else dict(config)
-    run_config = cfg.resolve(cfg.build_raw(raw, overrides), pm)
-    run = run_config.run
-    name = run.name or f"{run_config.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    data = run_config.data
-    root = str(Path(data.root).expanduser().resolve()) if data.root else None
-    run_config = dataclasses.replace(
-        run_config,
-        run=dataclasses.replace(run, name=name, output_dir=str(Path(run.output_dir).expanduser().resolve())),
-        data=dataclasses.replace(data, root=root),
-    )
-    check(run_config, pm)
-    dataset = load_data(run_config.data, pm)
-    spec = dataset.spec
-    params = run_config.model.params
-    if hasattr(params, "check"):
-        params.check(spec)
-    train_set, _ = split(dataset, run_config.data)
-    t = run_config.trainer
-    workers = max(run_config.scaling.num_workers, 1)
-    global_batch = t.batch_size * workers * t.accumulate_grad_batches
-    if global_batch > len(train_set):
-        raise ConfigError.one(
-            "trainer.batch_size",
-            t.batch_size,
-            f"batch_size × num_workers × accumulate_grad_batches = {global_batch} exceeds the "
-            f"{len(train_set)} training images of {run_config.data.name!r}",
-        )
-    # Building the model once here surfaces shape errors before any worker starts.
-    with torch.random.fork_rng():
-        pm.models.get(run_config.model.name).obj(params, spec)
-    return run_config, dataset
-
-
-def check(config: RunConfig, plugins: PluginManager) -> None:
-    """Cross-section rules that field types cannot express."""
-    problems: list[tuple[str, object, str]] = []
-    if config.trainer.precision == "fp16" and not config.scaling.use_gpu:
-        problems.append(("trainer.precision", "fp16", "needs a GPU (scaling.use_gpu=true); use bf16 on CPU"))
-    if config.scaling.use_gpu and config.scaling.num_workers == 0 and not torch.cuda.is_available():
-        problems.append(("scaling.use_gpu", True, "no CUDA device is visible to this process"))
-    if problems:
-        raise ConfigError(problems)
 
 
 def fit(
@@ -98,12 +39,13 @@ def fit(
     :param overrides: dotted overrides, ``["trainer.epochs=5"]`` or ``{"trainer.epochs": 5}``.
     :raises ConfigError: before anything starts, if the config, data or model cannot work.
     """
-    from engine import checkpoint, distributed, loop
+    from engine import checkpoint, loop
+    from engine.ray import fit_ray
 
     with using(plugins) as pm:
         run_config, dataset = prepare(config, overrides, pm)
         if run_config.scaling.num_workers > 0:
-            metrics = distributed.fit_ray(run_config)
+            metrics = fit_ray(run_config)
         else:
             # In-process: the config, data and plugins prepared above are used as they are.
             device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")

@@ -65,7 +65,7 @@ def train(
     :param env: rank, device and reporting; default: the single in-process worker.
     :param plugins: default: this process's plugin manager (each Ray worker loads its own).
     :param data: the dataset, when the caller already loaded it (in-process runs
-        load it once, in :func:`engine.api.prepare`); loaded here otherwise.
+        load it once, in :func:`engine.prepare.prepare`); loaded here otherwise.
     """
     env = env or WorkerEnv()
     plugins = plugins or current()
