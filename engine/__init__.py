@@ -61,9 +61,9 @@ from engine.hookspecs import hookimpl
 from engine.losses import get_loss
 from engine.model import Batch, DataSpec, Model, ModelConfig, Phase
 from engine.plugins import PluginManager, load_plugins
+from engine.ray import TuneResult, tune
 from engine.registry import Registry
 from engine.trainer import Trainer, WorkerEnv
-from engine.tuning import TuneResult, tune
 
 __version__ = "0.1.0"
 

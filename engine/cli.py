@@ -56,7 +56,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from engine.tuning import load_space, tune
+    from engine.ray import load_space, tune
 
     source, overrides = args.config, list(args.overrides)
     if source is not None and "=" in source and not Path(source).exists():

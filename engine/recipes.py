@@ -77,7 +77,7 @@ def tune_main(
     ``ray start``), else starts a local one; ends with the table of trials and
     where the outputs are.
     """
-    from engine.tuning import tune
+    from engine.ray import tune
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. tune.num_samples=16 trainer.epochs=5")

@@ -24,10 +24,11 @@ import torch
 
 import engine
 from engine import checkpoint as ckpt
-from engine import distributed
 from engine.config import ScalingConfig
 from engine.errors import ConfigError, PluginError, TrainingError
 from engine.plugins import PluginManager, load_plugins
+from engine.ray.cluster import AUTOSCALING_ENV, check_cluster, worker_resources
+from engine.ray.train import engine_error, is_deterministic_failure, sendable_error
 
 HERE = Path(__file__).resolve().parent
 TEST_PLUGINS = "ray_test_plugins"
@@ -295,15 +296,15 @@ def test_retryable_is_decided_per_error() -> None:
 
     assert not ConfigError.one("a", 1, "b").retryable
     assert not TrainingError("non-finite loss").retryable
-    assert distributed.sendable_error(Unrebuildable("x", 1), rank=0).retryable
+    assert sendable_error(Unrebuildable("x", 1), rank=0).retryable
     for error, deterministic in [
         (ConfigError.one("a", 1, "b"), True),
         (TrainingError("non-finite loss at step 3"), True),
         (RuntimeError("connection reset"), False),
-        (distributed.sendable_error(Unrebuildable("x", 1), rank=0), False),
+        (sendable_error(Unrebuildable("x", 1), rank=0), False),
     ]:
         failed = WorkerGroupError("failed", {0: error, 1: RuntimeError("collective aborted")})
-        assert distributed.is_deterministic_failure(failed) is deterministic, error
+        assert is_deterministic_failure(failed) is deterministic, error
 
 
 class Unrebuildable(Exception):
@@ -319,16 +320,16 @@ def test_errors_ray_cannot_unpickle_still_reach_the_caller() -> None:
     # Ray would call an error it cannot unpickle a failed health check
     # (checked by hand: 'A worker health check failed').
     error = Unrebuildable("model.crash", "x")
-    sent = distributed.sendable_error(error, rank=1)
+    sent = sendable_error(error, rank=1)
     assert isinstance(sent, TrainingError)
     assert "Unrebuildable: model.crash = 'x'" in str(sent)
     assert "raised on rank 1" in str(sent)
     assert str(pickle.loads(pickle.dumps(sent))) == str(sent)
     plain = RuntimeError("fine")
-    assert distributed.sendable_error(plain, rank=0) is plain
+    assert sendable_error(plain, rank=0) is plain
     # The engine's own ConfigError is rebuilt from its problems, so it travels as itself.
     config_error = ConfigError.one("model.crash", "x", "injected")
-    assert distributed.sendable_error(config_error, rank=1) is config_error
+    assert sendable_error(config_error, rank=1) is config_error
 
 
 def test_engine_errors_from_workers_arrive_as_themselves(worker_env: PluginManager, tmp_path: Path) -> None:
@@ -339,8 +340,8 @@ def test_engine_errors_from_workers_arrive_as_themselves(worker_env: PluginManag
     error = PluginError("plugin 'p' raised in hook gentrain_on_fit_start: KeyError: 'x'")
     wrapped = RayTaskError("train_fn", "Traceback ...", error)
     for failure in (error, wrapped):
-        assert distributed.engine_error(WorkerGroupError("rank 1 failed", {1: failure}), config) is error
-    other = distributed.engine_error(WorkerGroupError("rank 0 failed", {0: KeyError("x")}), config)
+        assert engine_error(WorkerGroupError("rank 1 failed", {1: failure}), config) is error
+    other = engine_error(WorkerGroupError("rank 0 failed", {0: KeyError("x")}), config)
     assert isinstance(other, TrainingError)
     assert "rank 0: KeyError: 'x'" in str(other)
 
@@ -461,7 +462,7 @@ def test_too_many_workers_fail_fast_with_a_clear_message(
 def test_start_timeout_bounds_the_wait_when_the_check_is_skipped(
     worker_env: PluginManager, ray_local: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(distributed.AUTOSCALING_ENV, "1")
+    monkeypatch.setenv(AUTOSCALING_ENV, "1")
     config = run_config(tmp_path, "timeout", workers=8, batch=8, scaling={"start_timeout_s": 3})
     t0 = time.perf_counter()
     with pytest.raises(TrainingError, match=r"could not start 8 worker\(s\) within scaling.start_timeout_s=3s"):
@@ -487,19 +488,19 @@ def test_start_timeout_bounds_the_wait_when_the_check_is_skipped(
 )
 def test_cluster_check(scaling: dict[str, Any], nodes: list[dict[str, float]], possible: bool) -> None:
     config = ScalingConfig(**scaling)
-    resources = distributed.worker_resources(config)
+    resources = worker_resources(config)
     if possible:
-        distributed.check_cluster(config, resources, nodes)
+        check_cluster(config, resources, nodes)
     else:
         with pytest.raises(ConfigError, match="can never run"):
-            distributed.check_cluster(config, resources, nodes)
+            check_cluster(config, resources, nodes)
 
 
 def test_gpu_fields_need_use_gpu() -> None:
     with pytest.raises(ConfigError, match="gpus_per_worker"):
-        distributed.worker_resources(ScalingConfig(num_workers=1, gpus_per_worker=1))
-    assert distributed.worker_resources(ScalingConfig(num_workers=1, use_gpu=True)) == {"CPU": 1.0, "GPU": 1.0}
-    assert distributed.worker_resources(
+        worker_resources(ScalingConfig(num_workers=1, gpus_per_worker=1))
+    assert worker_resources(ScalingConfig(num_workers=1, use_gpu=True)) == {"CPU": 1.0, "GPU": 1.0}
+    assert worker_resources(
         ScalingConfig(num_workers=1, cpus_per_worker=2, resources_per_worker={"special": 1})
     ) == {"CPU": 2.0, "special": 1.0}
 

@@ -10,6 +10,7 @@ and injects crashes when an experiment directory holds ``tune-test.settings``.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import signal
@@ -24,10 +25,13 @@ import pytest
 import yaml
 
 import engine
-from engine import cli, tuning
+from engine import cli
 from engine.config import ScalingConfig, resolve
 from engine.errors import ConfigError
 from engine.plugins import PluginManager, load_plugins
+from engine.ray.cluster import max_concurrent, trial_resources
+from engine.ray.space import check_space, load_space, normalize_space
+from engine.ray.tune import _final_epoch_pbt
 
 HERE = Path(__file__).resolve().parent
 TEST_PLUGINS = "tune_test_plugins"
@@ -84,7 +88,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse() -> None:
         raise AssertionError("Ray was started before the config was checked")
 
-    monkeypatch.setattr("engine.distributed.ensure_ray", refuse)
+    monkeypatch.setattr("engine.ray.cluster.ensure_ray", refuse)
 
 
 def held_by_workers_of_2_cpus() -> int:
@@ -113,7 +117,7 @@ def test_space_file_maps_onto_tune_distributions(tmp_path: Path) -> None:
         "optim.weight_decay: {quniform: [0.0, 0.1, 0.01]}\n"
         "model.kl_warmup_steps: {qrandint: {lower: 0, upper: 100, q: 10}}\n"
     )
-    space = tuning.load_space(path)
+    space = load_space(path)
     lr = space["optim.lr"]
     assert isinstance(lr, Float)
     assert (lr.lower, lr.upper) == (1e-4, 1e-2)  # "1e-4" is a string to YAML 1.1
@@ -129,19 +133,19 @@ def test_space_file_errors_name_the_key(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
     path.write_text("optim.lr: {loguniformm: [1e-4, 1e-2]}\n")
     with pytest.raises(ConfigError, match=r"optim\.lr.*loguniform"):
-        tuning.load_space(path)
+        load_space(path)
     path.write_text("optim.lr: [1e-4, 1e-2]\n")
     with pytest.raises(ConfigError, match=r"must be one distribution"):
-        tuning.load_space(path)
+        load_space(path)
     path.write_text("optim.lr: {loguniform: [1e-2]}\n")
     with pytest.raises(ConfigError, match=r"optim\.lr.*loguniform takes"):
-        tuning.load_space(path)
+        load_space(path)
 
 
 def test_nested_and_python_spaces_flatten_to_dotted_keys() -> None:
     from ray import tune
 
-    space = tuning.normalize_space(
+    space = normalize_space(
         {"optim": {"lr": tune.loguniform(1e-4, 1e-2)}, "model.beta": {"choice": [1, 4]}, "trainer.epochs": 3}
     )
     assert set(space) == {"optim.lr", "model.beta", "trainer.epochs"}
@@ -184,9 +188,9 @@ def test_per_optimizer_keys_of_a_gan_are_searchable(tune_env: PluginManager) -> 
     from ray import tune
 
     raw = {"model": {"name": "gan", "arch": "mlp", "hidden": 16, "depth": 1, "latent_dim": 4}}
-    tuning.check_space(raw, {"optim.per_optimizer.disc.lr": tune.loguniform(1e-4, 1e-3)}, tune_env)
+    check_space(raw, {"optim.per_optimizer.disc.lr": tune.loguniform(1e-4, 1e-3)}, tune_env)
     with pytest.raises(ConfigError, match="per_optimizer"):
-        tuning.check_space(raw, {"optim.per_optimizer.disc.lrr": tune.loguniform(1e-4, 1e-3)}, tune_env)
+        check_space(raw, {"optim.per_optimizer.disc.lrr": tune.loguniform(1e-4, 1e-3)}, tune_env)
 
 
 def test_metric_the_model_does_not_report_fails_before_ray(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -208,7 +212,7 @@ def test_tune_section_is_validated_and_pbt_needs_checkpoints(
 
     no_ray(monkeypatch)
     with pytest.raises(ConfigError, match=r"tune\.scheduler = 'ashaa'"):
-        resolve(vae_config(tmp_path, "x", scheduler="ashaa"))
+        resolve(vae_config(tmp_path, "x", scheduler="ashaa"), tune_env)
     config = vae_config(tmp_path, "x", scheduler="pbt", perturbation_interval=3)
     config["trainer"]["checkpoint_every"] = 2
     with pytest.raises(ConfigError, match=r"perturbation_interval.*multiple of trainer\.checkpoint_every"):
@@ -221,7 +225,7 @@ def test_tune_section_is_validated_and_pbt_needs_checkpoints(
         engine.tune(config, {"optim.lr": tune.loguniform(1e-4, 1e-2)})
 
 
-@pytest.mark.skipif(tuning.importlib.util.find_spec("optuna") is not None, reason="optuna is installed")
+@pytest.mark.skipif(importlib.util.find_spec("optuna") is not None, reason="optuna is installed")
 def test_optuna_without_the_package_says_how_to_install(
     tmp_path: Path, tune_env: PluginManager, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -235,20 +239,20 @@ def test_optuna_without_the_package_says_how_to_install(
 
 def test_concurrency_follows_the_cluster() -> None:
     cpu = {"CPU": 1.0}
-    assert tuning.max_concurrent(ScalingConfig(num_workers=1), cpu, [{"CPU": 4.0}]) == 4
-    assert tuning.max_concurrent(ScalingConfig(num_workers=2), cpu, [{"CPU": 4.0}]) == 2
-    assert tuning.max_concurrent(ScalingConfig(num_workers=0), cpu, [{"CPU": 3.0}, {"CPU": 2.0}]) == 5
-    assert tuning.max_concurrent(ScalingConfig(num_workers=2), {"CPU": 2.0}, [{"CPU": 3.0}]) == 0
+    assert max_concurrent(ScalingConfig(num_workers=1), cpu, [{"CPU": 4.0}]) == 4
+    assert max_concurrent(ScalingConfig(num_workers=2), cpu, [{"CPU": 4.0}]) == 2
+    assert max_concurrent(ScalingConfig(num_workers=0), cpu, [{"CPU": 3.0}, {"CPU": 2.0}]) == 5
+    assert max_concurrent(ScalingConfig(num_workers=2), {"CPU": 2.0}, [{"CPU": 3.0}]) == 0
     spread = ScalingConfig(num_workers=2, placement_strategy="STRICT_SPREAD")
-    assert tuning.max_concurrent(spread, cpu, [{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}]) == 3
-    assert tuning.max_concurrent(spread, cpu, [{"CPU": 8.0}, {"CPU": 1.0}]) == 1
+    assert max_concurrent(spread, cpu, [{"CPU": 2.0}, {"CPU": 2.0}, {"CPU": 2.0}]) == 3
+    assert max_concurrent(spread, cpu, [{"CPU": 8.0}, {"CPU": 1.0}]) == 1
     pack = ScalingConfig(num_workers=2, placement_strategy="STRICT_PACK")
-    assert tuning.max_concurrent(pack, cpu, [{"CPU": 3.0}, {"CPU": 3.0}]) == 2
+    assert max_concurrent(pack, cpu, [{"CPU": 3.0}, {"CPU": 3.0}]) == 2
     gpus = {"CPU": 1.0, "GPU": 1.0}
-    assert tuning.max_concurrent(ScalingConfig(num_workers=2, use_gpu=True), gpus, [{"CPU": 16.0, "GPU": 4.0}]) == 2
+    assert max_concurrent(ScalingConfig(num_workers=2, use_gpu=True), gpus, [{"CPU": 16.0, "GPU": 4.0}]) == 2
     # The driver of a trial with workers reserves no CPU; an in-process trial is a worker.
-    assert tuning.trial_resources(ScalingConfig(num_workers=2))["CPU"] == 0
-    assert tuning.trial_resources(ScalingConfig(num_workers=0, cpus_per_worker=2)) == {"CPU": 2.0}
+    assert trial_resources(ScalingConfig(num_workers=2))["CPU"] == 0
+    assert trial_resources(ScalingConfig(num_workers=0, cpus_per_worker=2)) == {"CPU": 2.0}
 
 
 def test_cli_tune_needs_a_space(capsys: pytest.CaptureFixture[str]) -> None:
@@ -463,7 +467,7 @@ def test_pbt_never_perturbs_a_trial_at_its_last_epoch() -> None:
     # (seen once: a trial's config ended at lr 0.0036 while its last epochs ran at 0.0024).
     from ray.tune.schedulers import TrialScheduler
 
-    pbt = tuning._final_epoch_pbt()(
+    pbt = _final_epoch_pbt()(
         last_epoch=8,
         time_attr="epoch",
         perturbation_interval=2,
