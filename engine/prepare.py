@@ -18,6 +18,7 @@ from engine import config as cfg
 from engine.config import RunConfig
 from engine.data import ImageData, load_data, split
 from engine.errors import ConfigError
+from engine.paths import resolve_output_dir
 from engine.plugins import PluginManager, current
 
 
@@ -41,7 +42,7 @@ def prepare(
     root = str(Path(data.root).expanduser().resolve()) if data.root else None
     run_config = dataclasses.replace(
         run_config,
-        run=dataclasses.replace(run, name=name, output_dir=str(Path(run.output_dir).expanduser().resolve())),
+        run=dataclasses.replace(run, name=name, output_dir=resolve_output_dir(run.output_dir)),
         data=dataclasses.replace(data, root=root),
     )
     check(run_config, pm)

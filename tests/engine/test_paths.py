@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+import engine
 from engine import paths
 from engine.paths import in_ray_temp_working_dir, resolve_output_dir
 
@@ -84,3 +85,9 @@ def test_a_job_started_without_working_dir_keeps_its_folder(
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", '{"runtime_env": {}}')
     assert resolve_output_dir("runs") == str(tmp_path / "runs")
 
+
+def test_prepare_puts_a_job_run_under_the_home(home: Path, job_cwd: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = {"model": {"name": "vae", "hidden": [16], "latent_dim": 2}, "data": {"name": "shapes", "n": 64, "size": 8}}
+    run_config, _ = engine.prepare(config, ["run.name=job", "trainer.batch_size=8"])
+    assert run_config.run.output_dir == str(home / "gentrain-runs" / "runs")
+    assert "gentrain: outputs under" in capsys.readouterr().err
