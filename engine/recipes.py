@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from engine.config import build_raw
+from engine.config import build_raw, parse_overrides
 from engine.errors import GentrainError
 
 
@@ -50,6 +50,7 @@ def main(
     args = parse_args(argv, description)
     raw = build_raw(config, dict(smoke or {}) if args.smoke else {})
     try:
+        raw = switch_model(raw, args.overrides)
         result = fit(raw, args.overrides)
     except GentrainError as e:
         print(f"gentrain: error: {e}", file=sys.stderr)
@@ -88,6 +89,7 @@ def tune_main(
     raw = build_raw(config, dict(smoke or {}) if args.smoke else {})
     searched = smoke_space if args.smoke and smoke_space is not None else space
     try:
+        raw = switch_model(raw, args.overrides)
         if before is not None:
             before(build_raw(raw, args.overrides))
         result = tune(
@@ -98,6 +100,31 @@ def tune_main(
         return 2
     print(result.summary())
     return 0
+
+
+def switch_model(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` ready for ``overrides``: without its model's fields if they switch ``model.name`` to another model.
+
+    A recipe's model section holds fields of its own model (``beta`` for a
+    VAE, ``loss`` for a GAN); ``model.name=gan`` on a VAE recipe would
+    otherwise fail with one "unknown field" error for each. The fields the
+    overrides set again are applied after, as usual. Prints one note naming
+    what was dropped.
+    """
+    out = dict(raw)
+    items = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(overrides)
+    model = out.get("model")
+    if "model.name" not in items or not isinstance(model, Mapping):
+        return out
+    old, new = model.get("name"), items["model.name"]
+    set_again = {key.split(".")[1] for key in items if key.startswith("model.")}
+    dropped = [k for k in model if k not in set_again and k != "name"]
+    if old is None or old == new or not dropped:
+        return out
+    out["model"] = {"name": old}
+    note = f"gentrain: note: model.name={new} replaces {old}; dropped {old}'s fields: {', '.join(dropped)}"
+    print(note, file=sys.stderr)
+    return out
 
 
 def summary(result: Any) -> str:
