@@ -43,12 +43,13 @@ def load_config_source(source: str | None) -> dict[str, Any]:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from engine.api import fit
+    from engine.recipes import switch_model
 
     source, overrides = args.config, list(args.overrides)
     # `gentrain fit model.name=ae ...` has no file: the first word is an override.
     if source is not None and "=" in source and not Path(source).exists():
         source, overrides = None, [source, *overrides]
-    result = fit(load_config_source(source), overrides)
+    result = fit(switch_model(load_config_source(source), overrides), overrides)
     print(f"run directory: {result.run_dir}")
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint}")
@@ -57,6 +58,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from engine.ray import load_space, tune
+    from engine.recipes import switch_model
 
     source, overrides = args.config, list(args.overrides)
     if source is not None and "=" in source and not Path(source).exists():
@@ -68,7 +70,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         space = dict(_recipe_attr(source, "SPACE") or {})
     if not space and not args.resume:
         raise ConfigError.one("--space", None, "a search space file is required (or a recipe defining SPACE)")
-    result = tune(load_config_source(source), space, overrides, resume=args.resume, verbose=args.verbose)
+    config = switch_model(load_config_source(source), overrides)
+    result = tune(config, space, overrides, resume=args.resume, verbose=args.verbose)
     print(result.summary())
     return 0
 

@@ -113,3 +113,17 @@ def test_a_tuning_recipe_switches_too(monkeypatch: pytest.MonkeyPatch, capsys: p
     recipes.tune_main(tune_vae.CONFIG, tune_vae.SPACE, argv=["model.name=ae"])
     assert seen["raw"]["model"] == {"name": "vae"}
     assert "gentrain: note: model.name=ae replaces vae" in capsys.readouterr().err
+
+
+def test_gentrain_fit_on_a_recipe_switches_too(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import engine.api
+    from engine import cli
+
+    seen = capture(monkeypatch, engine.api, "fit")
+    assert cli.main(["fit", str(ROOT / "recipes" / "gan_mnist.py"), "model.name=vae"]) == 2  # the captured call
+    assert seen["raw"]["model"] == {"name": "gan"}
+    assert "gentrain: note: model.name=vae replaces gan; dropped gan's fields: arch, latent_dim, loss" in (
+        capsys.readouterr().err
+    )
