@@ -11,7 +11,7 @@ import torch
 
 from engine.config import RunConfig
 from engine.plugins import PluginManager, using
-from engine.prepare import check, prepare
+from engine.prepare import check, prepare, prepare_run
 from engine.trainer import WorkerEnv
 
 __all__ = ["FitResult", "check", "fit", "prepare"]
@@ -43,12 +43,13 @@ def fit(
     from engine.ray import fit_ray
 
     with using(plugins) as pm:
-        run_config, dataset = prepare(config, overrides, pm)
+        run_config, dataset, model = prepare_run(config, overrides, pm)
         if run_config.scaling.num_workers > 0:
+            del dataset, model  # each worker loads and builds its own
             metrics = fit_ray(run_config)
         else:
-            # In-process: the config, data and plugins prepared above are used as they are.
+            # In-process: the config, data, model and plugins prepared above are used as they are.
             device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
-            metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset)
+            metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset, model=model)
         run_dir = loop.run_dir_of(run_config)
         return FitResult(run_config, run_dir, metrics, checkpoint.latest(run_dir / "checkpoints"))

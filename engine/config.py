@@ -426,7 +426,7 @@ def resolve(raw: Mapping[str, Any], plugins: Registries) -> RunConfig:
     problems += found
     declared: dict[str, Any] = {}
     for key, entry in sorted(plugin_sections.items()):
-        declared[key], found = validate_dataclass(entry.config_cls, raw.get(key), f"{key}.")  # type: ignore[arg-type]
+        declared[key], found = validate_dataclass(entry.config_cls, raw.get(key), f"{key}.")
         problems += found
     sections["sections"] = declared
     optim = sections.get("optim")

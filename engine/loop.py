@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from engine import checkpoint as ckpt
 from engine.config import RunConfig, resolve
 from engine.data import ImageData, load_data, make_loader, split
-from engine.errors import CheckpointError, ConfigError, TrainingError
-from engine.model import Batch, Model, Phase, _BatchNoise
+from engine.errors import CheckpointError, ConfigError, GentrainError, TrainingError
+from engine.model import Batch, DataSpec, Model, Phase, _BatchNoise
 from engine.optim import apply_hyperparameters, make_optimizer
 from engine.plugins import PluginManager, current
 from engine.trainer import Trainer, WorkerEnv
@@ -57,6 +57,7 @@ def train(
     env: WorkerEnv | None = None,
     plugins: PluginManager | None = None,
     data: ImageData | None = None,
+    model: Model | None = None,
 ) -> dict[str, float]:
     """Run one training run on this worker; return the last metrics.
 
@@ -66,6 +67,8 @@ def train(
     :param plugins: default: this process's plugin manager (each Ray worker loads its own).
     :param data: the dataset, when the caller already loaded it (in-process runs
         load it once, in :func:`engine.prepare.prepare`); loaded here otherwise.
+    :param model: the model, freshly built by :func:`build_model` from ``t.seed``
+        (in-process runs build it once, on the driver); built here otherwise.
     """
     env = env or WorkerEnv()
     plugins = plugins or current()
@@ -89,11 +92,11 @@ def train(
     val_loader = make_loader(val_set, config.data, t.batch_size, train=False, **loader_args)  # type: ignore[arg-type]
 
     # -- model and optimizers ------------------------------------------------
-    entry = plugins.models.get(config.model.name)
-    model: Model = entry.obj(config.model.params, dataset.spec).to(env.device)
-    phases = model.phases()
-    param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.optimizers().items()}
-    check_phases(phases, param_groups)
+    if model is None:
+        seed_everything(t.seed)
+        model = build_model(config, plugins, dataset.spec)
+    model = model.to(env.device)
+    phases, param_groups = check_model(model, env.world_size)
     optimizers = {
         name: make_optimizer(plugins.hook, name, params, config.optim.for_optimizer(name))
         for name, params in param_groups.items()
@@ -288,6 +291,48 @@ def check_batch_size(train_set: ImageData, global_batch: int) -> None:
         )
 
 
+def build_model(config: RunConfig, plugins: PluginManager, spec: DataSpec) -> Model:
+    """The model ``config.model`` names, built by its plugin from the current RNG state.
+
+    :raises TrainingError: naming the plugin and the model, when the model's ``__init__`` raises.
+    """
+    entry = plugins.models.get(config.model.name)
+    try:
+        model = entry.obj(config.model.params, spec)
+    except GentrainError:
+        raise
+    except Exception as e:
+        raise TrainingError(
+            f"model {config.model.name!r} (plugin {entry.plugin!r}) failed to build: {type(e).__name__}: {e}"
+        ) from e
+    if not isinstance(model, Model):
+        raise TrainingError(
+            f"model {config.model.name!r} (plugin {entry.plugin!r}) built a {type(model).__name__}, "
+            "not an engine.Model subclass"
+        )
+    return model
+
+
+def check_model(model: Model, world_size: int) -> tuple[list[Phase], dict[str, list[nn.Parameter]]]:
+    """What can be checked of a built model without data: its phases, optimizers and DDP coverage.
+
+    Runs on the driver before any worker starts (``world_size`` is the run's
+    worker count) and again in each worker.
+    """
+    phases = model.phases()
+    param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.optimizers().items()}
+    check_phases(phases, param_groups)
+    if world_size > 1:
+        covered = {id(p) for module in model.ddp_modules().values() for p in module.parameters()}
+        loose = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in covered]
+        if loose:
+            raise TrainingError(
+                f"parameters {loose[:5]} are in no module returned by ddp_modules(), so DDP would not "
+                "synchronise them; put them in a sub-module or override ddp_modules()"
+            )
+    return phases, param_groups
+
+
 def check_phases(phases: list[Phase], param_groups: dict[str, list[nn.Parameter]]) -> None:
     for phase in phases:
         if phase.optimizer_name not in param_groups:
@@ -307,14 +352,6 @@ def modules_per_phase(
 ) -> dict[str, set[str]]:
     """For each phase, the DDP sub-networks holding parameters its optimizer updates."""
     owned = {name: {id(p) for p in module.parameters()} for name, module in trainer.raw.items()}
-    covered = set().union(*owned.values()) if owned else set()
-    if trainer.world_size > 1:
-        loose = [n for n, p in trainer.model.named_parameters() if p.requires_grad and id(p) not in covered]
-        if loose:
-            raise TrainingError(
-                f"parameters {loose[:5]} are in no module returned by ddp_modules(), so DDP would not "
-                "synchronise them; put them in a sub-module or override ddp_modules()"
-            )
     out = {}
     for phase in phases:
         ids = {id(p) for p in param_groups[phase.optimizer_name]}

@@ -186,6 +186,10 @@ class PluginManager:
                 raise PluginError(f"plugin {plugin!r} raised in {hookname}: {type(e).__name__}: {e}") from e
             finally:
                 registry.caller = lambda: None
+        # Two plugins declaring one ``callbacks`` field fail here, at load, not at the first resolve.
+        from engine.config import callbacks_class
+
+        callbacks_class(self.options)
         for name, info in self.info.items():
             plugin = self.pm.get_plugin(name)
             info.hooks = sorted(h.name for h in (self.pm.get_hookcallers(plugin) or []))

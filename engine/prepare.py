@@ -18,6 +18,8 @@ from engine import config as cfg
 from engine.config import RunConfig
 from engine.data import ImageData, load_data, split
 from engine.errors import ConfigError
+from engine.loop import build_model, check_model
+from engine.model import Model
 from engine.paths import resolve_output_dir
 from engine.plugins import PluginManager, current
 
@@ -31,9 +33,18 @@ def prepare(
 
     Validates the config, names the run, makes paths absolute (Ray workers
     run in another working directory), loads the data once (missing or corrupt
-    files fail here) and lets the model config check itself against the data.
+    files fail here), lets the model config check itself against the data and
+    builds the model once (its phases, optimizers and DDP coverage are checked).
     """
     pm = plugins or current()
+    run_config, dataset = _prepare(config, overrides, pm)
+    _build(run_config, pm, dataset)
+    return run_config, dataset
+
+
+def _prepare(
+    config: RunConfig | Mapping[str, Any], overrides: Iterable[str] | Mapping[str, Any], pm: PluginManager
+) -> tuple[RunConfig, ImageData]:
     raw = config.to_dict() if isinstance(config, RunConfig) else dict(config)
     run_config = cfg.resolve(cfg.build_raw(raw, overrides), pm)
     run = run_config.run
@@ -62,10 +73,28 @@ def prepare(
             f"batch_size × num_workers × accumulate_grad_batches = {global_batch} exceeds the "
             f"{len(train_set)} training images of {run_config.data.name!r}",
         )
-    # Building the model once here surfaces shape errors before any worker starts.
-    with torch.random.fork_rng():
-        pm.models.get(run_config.model.name).obj(params, spec)
     return run_config, dataset
+
+
+def prepare_run(
+    config: RunConfig | Mapping[str, Any],
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    plugins: PluginManager | None = None,
+) -> tuple[RunConfig, ImageData, Model]:
+    """:func:`prepare`, also returning the model it built (an in-process run trains that one)."""
+    pm = plugins or current()
+    run_config, dataset = _prepare(config, overrides, pm)
+    return run_config, dataset, _build(run_config, pm, dataset)
+
+
+def _build(run_config: RunConfig, pm: PluginManager, dataset: ImageData) -> Model:
+    # Building the model here surfaces shape and DDP-coverage errors before any
+    # worker starts; from the run's seed, so it is the model the loop would build.
+    with torch.random.fork_rng():
+        torch.manual_seed(run_config.trainer.seed)
+        model = build_model(run_config, pm, dataset.spec)
+    check_model(model, max(run_config.scaling.num_workers, 1))
+    return model
 
 
 def check(config: RunConfig, plugins: PluginManager) -> None:
