@@ -22,8 +22,10 @@ and ``gentrain tune recipes/x.py`` reads its ``CONFIG`` and ``SPACE``.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from engine.config import build_raw, parse_overrides
@@ -45,6 +47,7 @@ def main(
     description: str = "",
 ) -> int:
     """Run a fit recipe: ``config``, then ``smoke`` overrides if ``--smoke``, then the command line's."""
+    use_cluster_token()
     from engine.api import fit
 
     args = parse_args(argv, description)
@@ -78,6 +81,7 @@ def tune_main(
     ``ray start``), else starts a local one; ends with the table of trials and
     where the outputs are.
     """
+    use_cluster_token()
     from engine.ray import tune
 
     parser = argparse.ArgumentParser(description=description)
@@ -100,6 +104,31 @@ def tune_main(
         return 2
     print(result.summary())
     return 0
+
+
+def use_cluster_token(environ: MutableMapping[str, str] | None = None) -> bool:
+    """Set ``RAY_AUTH_MODE=token`` for a client of ``RAY_ADDRESS`` when a Ray token is at hand; whether it did.
+
+    The cluster files start Ray with token authentication. Ray turns it on in
+    a client by itself only for a cluster it finds (``ray start`` on this
+    machine); with an explicit ``RAY_ADDRESS`` and ``RAY_AUTH_MODE`` unset the
+    connection fails. Here a token is at hand when ``RAY_AUTH_TOKEN`` is set,
+    or the file ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` exists (Ray's
+    places); a token also works against a cluster without authentication. An
+    ``RAY_AUTH_MODE`` already set, or ``RAY_ADDRESS`` unset or ``local``, is
+    left as it is. Call it before Ray is imported.
+    """
+    env = os.environ if environ is None else environ
+    address = env.get("RAY_ADDRESS", "")
+    if "RAY_AUTH_MODE" in env or address in ("", "local", "auto"):
+        return False
+    token_path = env.get("RAY_AUTH_TOKEN_PATH")
+    files = [Path(token_path).expanduser()] if token_path else []
+    files.append(Path(env.get("HOME") or Path.home()).expanduser() / ".ray" / "auth_token")
+    if not env.get("RAY_AUTH_TOKEN") and not any(f.is_file() for f in files):
+        return False
+    env["RAY_AUTH_MODE"] = "token"
+    return True
 
 
 def switch_model(raw: Mapping[str, Any], overrides: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
