@@ -43,8 +43,9 @@ def load_config_source(source: str | None) -> dict[str, Any]:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from engine.api import fit
-    from engine.recipes import switch_model
+    from engine.recipes import switch_model, use_cluster_token
 
+    use_cluster_token()  # before Ray is imported
     source, overrides = args.config, list(args.overrides)
     # `gentrain fit model.name=ae ...` has no file: the first word is an override.
     if source is not None and "=" in source and not Path(source).exists():
@@ -58,8 +59,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from engine.ray import load_space, tune
-    from engine.recipes import switch_model
+    from engine.recipes import switch_model, use_cluster_token
 
+    use_cluster_token()  # before Ray is imported
     source, overrides = args.config, list(args.overrides)
     if source is not None and "=" in source and not Path(source).exists():
         source, overrides = None, [source, *overrides]

@@ -97,3 +97,21 @@ def test_a_tuning_recipe_too(env: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setattr(engine.ray, "tune", fake)
     assert recipes.tune_main(CONFIG, {}, argv=[]) == 2
     assert seen["mode"] == "token"
+
+
+def test_gentrain_fit_too(env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import engine.api
+    from engine import cli
+
+    write_token(env / ".ray" / "auth_token")
+    seen: dict[str, Any] = {}
+
+    def fake(*args: Any, **kwargs: Any) -> Any:
+        seen["mode"] = os.environ.get("RAY_AUTH_MODE")
+        raise Captured("captured")
+
+    monkeypatch.setattr(engine.api, "fit", fake)
+    assert cli.main(["fit", "model.name=vae"]) == 2
+    assert seen["mode"] == "token"
