@@ -112,7 +112,7 @@ def gentrain_make_optimizer(name: str, params: list[torch.nn.Parameter], config:
     non-``None`` result; when every plugin returns ``None`` the engine builds
     the ``torch.optim`` class named by ``config.algo`` (:mod:`engine.optim`).
 
-    :param name: the optimizer's name as returned by ``Model.optimizers()``.
+    :param name: the optimizer's name as returned by ``Model.param_groups()``.
     :param params: the parameters it updates.
     :param config: the resolved :class:`engine.OptimConfig` for it.
     :return: an optimizer, or ``None`` to leave it to the next plugin.
@@ -130,6 +130,10 @@ def gentrain_on_fit_start(trainer: Trainer) -> None:
     are ready and any checkpoint is loaded, before the first epoch.
 
     ``trainer.epoch`` / ``trainer.step`` already hold the resumed position.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
@@ -138,6 +142,9 @@ def gentrain_on_train_epoch_start(trainer: Trainer, epoch: int) -> None:
     """Called on every rank at the start of each training epoch.
 
     :param epoch: the 0-based epoch about to run.
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
@@ -147,6 +154,9 @@ def gentrain_on_train_batch_start(trainer: Trainer, step: int, batch: Any) -> No
 
     :param step: the global 0-based step about to run.
     :param batch: the first batch the step will use, ``(images, labels)``.
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
@@ -159,6 +169,9 @@ def gentrain_on_before_optimizer_step(trainer: Trainer, phase: str, optimizer: t
 
     :param phase: the phase name (``"train"``, ``"disc"``, ``"gen"``, ...).
     :param optimizer: the optimizer about to step.
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
@@ -170,6 +183,10 @@ def gentrain_on_train_batch_end(trainer: Trainer, step: int, losses: dict[str, t
     :param losses: detached scalar tensors of this rank, keys prefixed by phase
         (``"disc/loss"``, ``"gen/loss"``; a single-phase model's keys are bare).
         Converting them to floats synchronises the device: do it every few steps.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
@@ -182,12 +199,22 @@ def gentrain_on_train_epoch_end(trainer: Trainer, epoch: int, metrics: dict[str,
     :param metrics: epoch means of the training losses averaged over ranks
         (``"train/..."``), the validation metrics (``"val/..."``), ``"epoch"``
         and ``"step"``: what is logged and reported to Ray.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
 @hookspec
 def gentrain_on_validation_start(trainer: Trainer, epoch: int) -> None:
-    """Called on every rank before the validation pass of an epoch."""
+    """Called on every rank before the validation pass of an epoch.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
+    :param epoch: the 0-based epoch whose end is being validated.
+    """
 
 
 @hookspec
@@ -199,6 +226,11 @@ def gentrain_on_validation_end(trainer: Trainer, epoch: int, metrics: dict[str, 
         set and over ranks (``"val/..."``). Plugins may add entries (a sample
         score, say), which are then logged and reported with the rest.
         Set ``trainer.should_stop = True`` to end training after this epoch.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
+    :param epoch: the 0-based epoch whose end is being validated.
     """
 
 
@@ -206,10 +238,12 @@ def gentrain_on_validation_end(trainer: Trainer, epoch: int, metrics: dict[str, 
 def gentrain_on_save_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None:
     """Called on every rank while a checkpoint is assembled, before rank 0 writes it.
 
-    Store plugin state under ``state["plugins"][<your plugin name>]``; values
-    must be tensors, numbers, strings, lists or dicts (checkpoints are read with
-    ``torch.load(weights_only=True)``).
+    Store plugin state under ``state["plugin_state"][<your plugin name>]``
+    (``state["plugins"]`` holds the name -> version of every loaded plugin; do
+    not write there). Values must be tensors, numbers, strings, lists or dicts
+    (checkpoints are read with ``torch.load(weights_only=True)``).
 
+    :param trainer: the run's :class:`engine.Trainer` (model, optimizers, step, rank, config).
     :param state: the checkpoint dict being assembled.
     """
 
@@ -220,13 +254,21 @@ def gentrain_on_load_checkpoint(trainer: Trainer, state: dict[str, Any]) -> None
     optimizers and RNGs, before ``gentrain_on_fit_start``.
 
     :param state: the checkpoint dict that was read.
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """
 
 
 @hookspec
 def gentrain_on_fit_end(trainer: Trainer) -> None:
     """Called once on every rank after the last epoch (or an early stop), after
-    the final checkpoint is written. Not called when training raised."""
+    the final checkpoint is written. Not called when training raised.
+
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
+    """
 
 
 @hookspec
@@ -234,4 +276,7 @@ def gentrain_on_exception(trainer: Trainer, error: BaseException) -> None:
     """Called on every rank when training raises, before the error propagates.
 
     :param error: the exception; it is re-raised after all plugins ran.
+    :param trainer: the run's :class:`engine.Trainer` (``config``, ``model``,
+        ``optimizers``, ``epoch``, ``step``, ``rank``, ``is_rank_zero``,
+        ``run_dir``, ``metrics``; set ``should_stop`` to end the run).
     """

@@ -320,7 +320,7 @@ def check_model(model: Model, world_size: int) -> tuple[list[Phase], dict[str, l
     worker count) and again in each worker.
     """
     phases = model.phases()
-    param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.optimizers().items()}
+    param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.param_groups().items()}
     check_phases(phases, param_groups)
     if world_size > 1:
         covered = {id(p) for module in model.ddp_modules().values() for p in module.parameters()}
@@ -337,7 +337,7 @@ def check_phases(phases: list[Phase], param_groups: dict[str, list[nn.Parameter]
     for phase in phases:
         if phase.optimizer_name not in param_groups:
             raise TrainingError(
-                f"phase {phase.name!r} steps optimizer {phase.optimizer_name!r}, but optimizers() "
+                f"phase {phase.name!r} steps optimizer {phase.optimizer_name!r}, but param_groups() "
                 f"returned only {sorted(param_groups)}"
             )
         if phase.repeats < 1:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -100,9 +101,27 @@ class Model(nn.Module):
         """The phases of one training step, in order. Default: one phase ``"train"``."""
         return [Phase("train")]
 
-    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
-        """Parameters per optimizer name. Default: all parameters under ``"train"``."""
+    def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
+        """Parameters per optimizer name: the engine builds one optimizer per entry.
+
+        Called once per run on every rank, after the model is built and before
+        any checkpoint is loaded. Default: all parameters under ``"train"``.
+        """
+        if type(self).optimizers is not Model.optimizers:
+            # A model written against gentrain < 0.2 overrides optimizers().
+            warnings.warn(
+                f"{type(self).__name__}.optimizers() is deprecated (it returns parameter groups, not optimizers); "
+                "rename it to param_groups(); optimizers() stops being called in gentrain 1.0",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return type(self).optimizers(self)
         return {"train": self.parameters()}
+
+    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
+        """Deprecated name of :meth:`param_groups` (it never returned optimizers)."""
+        warnings.warn("Model.optimizers() is deprecated; call param_groups()", DeprecationWarning, stacklevel=2)
+        return self.param_groups()
 
     def ddp_modules(self) -> dict[str, nn.Module]:
         """Sub-networks to wrap separately under DDP. Default: every direct child with parameters."""

@@ -98,8 +98,8 @@ class ModelContract:
 
     def test_phases_match_optimizers(self, built: tuple[Model, Batch, DataSpec]) -> None:
         model, _, _ = built
-        groups = {n: list(ps) for n, ps in model.optimizers().items()}
-        assert groups, "optimizers() returned nothing"
+        groups = {n: list(ps) for n, ps in model.param_groups().items()}
+        assert groups, "param_groups() returned nothing"
         for phase in model.phases():
             assert phase.optimizer_name in groups, f"phase {phase.name!r} has no optimizer"
             assert phase.repeats >= 1
@@ -152,7 +152,7 @@ class ModelContract:
         model, batch, _ = built
         for phase in model.phases():
             trial = copy.deepcopy(model)
-            params = list(trial.optimizers()[phase.optimizer_name])
+            params = list(trial.param_groups()[phase.optimizer_name])
             opt = torch.optim.Adam(params, lr=1e-3)
             before = float(_losses(trial, batch, phase.name, seed=1)["loss"].detach())
             for _ in range(self.learn_steps):

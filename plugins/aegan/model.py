@@ -172,7 +172,7 @@ class AEGAN(engine.Model):
         disc = engine.Phase("disc", repeats=c.n_disc, new_batch=c.disc_first)
         return [disc, ae] if c.disc_first else [ae, disc]
 
-    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
+    def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         return {
             "ae": itertools.chain(self.encoder.parameters(), self.decoder.parameters()),
             "disc": self.disc.parameters(),

@@ -175,7 +175,7 @@ class GAN(engine.Model):
             engine.Phase("gen", new_batch=False),
         ]
 
-    def optimizers(self) -> dict[str, Iterable[nn.Parameter]]:
+    def param_groups(self) -> dict[str, Iterable[nn.Parameter]]:
         return {"gen": self.gen.parameters(), "disc": self.disc.parameters()}
 
     def _labels(self, labels: Tensor) -> Tensor | None:

@@ -46,7 +46,9 @@ def imports_of(path: Path, modules: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             # `from pkg import submodule` needs the submodule, not names defined in pkg/__init__.
             subs = {f"{base}.{a.name}" for a in node.names} & modules
             found.update(subs)
@@ -120,7 +122,9 @@ def test_plugins_do_not_reach_below_the_public_api() -> None:
                 if isinstance(node, ast.ImportFrom) and not node.level
                 else []
             )
-            offenders += [f"{path.relative_to(ENGINE.parent)}: {n}" for n in names if n.startswith("engine") and n not in allowed]
+            offenders += [
+                f"{path.relative_to(ENGINE.parent)}: {n}" for n in names if n.startswith("engine") and n not in allowed
+            ]
     assert not offenders, offenders
 
 
@@ -128,3 +132,18 @@ def test_plugins_do_not_reach_below_the_public_api() -> None:
 def test_no_engine_file_is_too_long(path: Path) -> None:
     lines = len(path.read_text().splitlines())
     assert lines <= MAX_LINES, f"{path.relative_to(ENGINE.parent)} has {lines} lines; split it by concern"
+
+
+def test_every_hook_argument_is_documented() -> None:
+    """Like datasette's docs test: a hook argument without a ``:param`` is a hook nobody can use."""
+    from engine import hookspecs
+
+    tree = ast.parse(Path(hookspecs.__file__).read_text())
+    missing = [
+        f"{node.name}({arg.arg})"
+        for node in tree.body
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("gentrain_")
+        for arg in node.args.args
+        if f":param {arg.arg}:" not in (ast.get_docstring(node) or "")
+    ]
+    assert not missing, missing

@@ -178,3 +178,17 @@ def test_two_plugins_declaring_one_callbacks_field_is_a_plugin_error(tmp_path: P
     match = r"callbacks\.progress is declared by two plugins: 'clasher' and 'progress'"
     with pytest.raises(engine.PluginError, match=match):
         load_plugins(autoload=False, extra=[Clasher()])
+
+
+def test_a_model_overriding_the_old_optimizers_name_still_trains_with_a_deprecation_warning() -> None:
+    class Legacy(Counted):
+        def optimizers(self) -> dict[str, Any]:  # the pre-0.2 name
+            return {"only": self.net.parameters()}
+
+    spec = engine.DataSpec((1, 8, 8), 1)
+    model = Legacy(CountedConfig(), spec)
+    with pytest.warns(DeprecationWarning, match=r"Legacy\.optimizers\(\) is deprecated.*param_groups"):
+        groups = model.param_groups()
+    assert list(groups) == ["only"]
+    with pytest.warns(DeprecationWarning, match=r"call param_groups"):
+        assert list(Counted(CountedConfig(), spec).optimizers()) == ["train"]

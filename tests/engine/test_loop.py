@@ -42,7 +42,7 @@ class TwoPhase(engine.Model):
     def phases(self) -> list[engine.Phase]:
         return [engine.Phase("a", repeats=self.config.repeats), engine.Phase("b", new_batch=False)]
 
-    def optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> dict[str, Any]:
         return {"a": self.enc.parameters(), "b": self.dec.parameters()}
 
     def training_step(self, batch: engine.Batch, phase: str) -> dict[str, Tensor]:

@@ -168,7 +168,7 @@ def test_phases_order_and_repeats_are_configurable() -> None:
     ]
     flipped = AEGAN(AEGANConfig(hidden=8, disc_first=False, n_disc=3, n_ae=2), spec)
     assert [(p.name, p.repeats, p.new_batch) for p in flipped.phases()] == [("ae", 2, True), ("disc", 3, False)]
-    groups = {n: {id(p) for p in ps} for n, ps in default.optimizers().items()}
+    groups = {n: {id(p) for p in ps} for n, ps in default.param_groups().items()}
     assert groups["ae"] == {id(p) for m in (default.encoder, default.decoder) for p in m.parameters()}
     assert groups["disc"] == {id(p) for p in default.disc.parameters()}
     assert set(default.ddp_modules()) == {"encoder", "decoder", "disc"}

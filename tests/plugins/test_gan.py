@@ -193,7 +193,7 @@ def test_phases_and_optimizers() -> None:
         ("disc", "disc", 5, True),
         ("gen", "gen", 1, False),
     ]
-    groups = {name: {id(p) for p in params} for name, params in gan.optimizers().items()}
+    groups = {name: {id(p) for p in params} for name, params in gan.param_groups().items()}
     assert groups == {"gen": {id(p) for p in gan.gen.parameters()}, "disc": {id(p) for p in gan.disc.parameters()}}
     assert set(gan.ddp_modules()) == {"gen", "disc"}
 
