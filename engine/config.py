@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
 import yaml
 from pydantic import Field, TypeAdapter, ValidationError
 
+from engine import guards
 from engine.errors import ConfigError, PluginError, suggest
 
 _log = logging.getLogger("gentrain")
@@ -349,6 +350,8 @@ def validate_dataclass(cls: type, raw: Any, prefix: str) -> tuple[Any, list[tupl
                 (f"{prefix}{key}", raw[key], f"unknown field{suggest(str(key), names)}; known: {', '.join(names)}")
             )
     known = {k: v for k, v in raw.items() if k in names}
+    known, strict = guards.split_strict(cls, known, prefix)  # what pydantic's lax mode would let through
+    problems += strict
     adapter = _adapters.get(cls)
     if adapter is None:
         adapter = _adapters[cls] = TypeAdapter(cls)
@@ -429,6 +432,7 @@ def resolve(raw: Mapping[str, Any], plugins: Registries) -> RunConfig:
         declared[key], found = validate_dataclass(entry.config_cls, raw.get(key), f"{key}.")
         problems += found
     sections["sections"] = declared
+    problems += guards.run_problems(sections.get("run"))
     optim = sections.get("optim")
     if optim is not None:
         for name, over in optim.per_optimizer.items():
@@ -471,6 +475,7 @@ def resolve(raw: Mapping[str, Any], plugins: Registries) -> RunConfig:
             params, found = _validate_params(dentry.config_cls, rest, "data.", pm, extra_known=sorted(engine_keys))
             problems += found
             base, found = validate_dataclass(DataConfig, own, "data.")
+            found += guards.path_problems("data.root", own.get("root"))
             problems += found
             if base is not None and not found:
                 data = dataclasses.replace(base, params=params)
@@ -545,7 +550,7 @@ def _validate_params(
 def parse_value(text: str) -> Any:
     """Parse an override's value the way YAML would (``1e-3`` -> float, ``[1,2]`` -> list)."""
     try:
-        value = yaml.safe_load(text)
+        value = guards.safe_load(text, what="<override>")
     except yaml.YAMLError:
         return text
     # YAML 1.1 reads "1e-3" as a string; users mean a float.
@@ -583,14 +588,8 @@ def set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; errors name the file and line."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError.one("<config file>", str(path), "no such file")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError.one("<config file>", str(path), f"is not valid YAML: {e}") from e
+    """Read a YAML config file; errors name the file and line (size, depth, aliases bounded: :mod:`engine.guards`)."""
+    data = guards.read_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):

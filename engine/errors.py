@@ -7,8 +7,33 @@ with a message that names what was wrong and what is allowed.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Iterable
 from difflib import get_close_matches
+
+#: How much of a value a :class:`ConfigError` message shows: a value built by a
+#: YAML alias bomb, or a megabyte string, must not hang or flood the terminal.
+_VALUE_REPR = reprlib.Repr()
+_VALUE_REPR.maxlevel = 4
+_VALUE_REPR.maxdict = _VALUE_REPR.maxlist = _VALUE_REPR.maxtuple = _VALUE_REPR.maxset = 8
+_VALUE_REPR.maxstring = _VALUE_REPR.maxother = 240
+MAX_VALUE_CHARS = 300
+
+
+def short_repr(value: object) -> str:
+    """``repr(value)``, bounded in depth, items and length (at most :data:`MAX_VALUE_CHARS` characters)."""
+    try:
+        text = _VALUE_REPR.repr(value)
+    except Exception:  # a value whose __repr__ raises still gets a message
+        text = f"<{type(value).__name__}>"
+    if len(text) > MAX_VALUE_CHARS:
+        text = text[: MAX_VALUE_CHARS - 1] + "…"
+    return text
+
+
+def _cut(text: object, limit: int = 200) -> str:
+    text = " ".join(str(text).split())  # one line, whatever a parser's message held
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class GentrainError(Exception):
@@ -33,9 +58,11 @@ class ConfigError(GentrainError, ValueError):
 
     def __init__(self, problems: list[tuple[str, object, str]]) -> None:
         self.problems = problems
-        lines = [f"{field} = {value!r}: {allowed}" for field, value, allowed in problems]
-        head = "invalid config" if len(lines) == 1 else f"invalid config ({len(lines)} problems)"
-        super().__init__(head + ":\n  " + "\n  ".join(lines))
+        lines = [f"{_cut(field)} = {short_repr(value)}: {_cut(allowed, 2000)}" for field, value, allowed in problems]
+        if len(lines) == 1:  # one problem, one line
+            super().__init__(f"invalid config: {lines[0]}")
+        else:
+            super().__init__(f"invalid config ({len(lines)} problems):\n  " + "\n  ".join(lines))
 
     def __reduce__(self) -> tuple[type[ConfigError], tuple[list[tuple[str, object, str]]]]:
         # Rebuilt from its problems, so it crosses process boundaries (Ray workers) intact.
