@@ -175,6 +175,7 @@ def _summary(result: Any, setup: TrialSetup, epochs_max: int, sign: float) -> Tr
 
 
 def write_csv(trials: list[TrialSummary], setup: TrialSetup, path: Path) -> None:
+    """``trials.csv``: a row per trial, best first: searched values, epochs, last and best metric, status, where."""
     keys = sorted({k for t in trials for k in t.params})
     metric = setup.metric
     with path.open("w", newline="") as f:
