@@ -34,6 +34,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from engine import guards
 from engine.errors import ConfigError, PluginError, suggest
+from engine.registry import LossRef, can_feed, domain_problem
 
 _log = logging.getLogger("gentrain")
 
@@ -51,12 +52,18 @@ Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 class LossName:
     """Marks a model-config field that names a registered loss of ``kind``.
 
-    ``recon_loss: Annotated[str, LossName("reconstruction")] = "bce"`` makes
-    the engine check the name against the loss registry (with suggestions)
-    before training.
+    ``recon_loss: Annotated[str, LossName("reconstruction", takes="logits")] = "bce"``
+    makes the engine check the name against the loss registry (with
+    suggestions), and the loss's domain against what the model gives it
+    (``takes``: ``logits``, ``probabilities`` or ``features``; ``None``: any),
+    before training. The field takes a name (``huber``) or a mapping with the
+    loss's own parameters (``{name: huber, delta: 0.5}``), validated against
+    the config class the loss was registered with; the model receives a
+    :class:`~engine.registry.LossRef` and ``engine.get_loss`` applies them.
     """
 
     kind: str
+    takes: str | None = None
 
 
 class Registries(Protocol):
@@ -316,6 +323,8 @@ def _compose(parts: tuple[tuple[str, type], ...]) -> type:
 
 
 def _plain(value: Any) -> Any:
+    if isinstance(value, LossRef):
+        return str(value) if value.params is None else {"name": str(value), **_plain(value.params)}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
@@ -369,6 +378,8 @@ def validate_dataclass(cls: type, raw: Any, prefix: str) -> tuple[Any, list[tupl
                 # pydantic gives the choices only as text: "'a', 'b' or 'c'".
                 choices = re.findall(r"'([^']*)'", str((err.get("ctx") or {}).get("expected", "")))
                 allowed += suggest(value, choices)
+            if err["type"] in ("tuple_type", "list_type", "set_type") and isinstance(value, (int, float, str)):
+                allowed += f"; write [{value}] for a list of one"
             problems.append((prefix + ".".join(path), err.get("input"), allowed))
         return None, problems
     except (TypeError, ValueError) as e:  # raised by a dataclass's own __post_init__
@@ -523,6 +534,9 @@ def _validate_params(
             key = next(iter(raw))
             return None, [(prefix + key, raw[key], "unknown field; this entry takes no options")]
         return None, []
+    markers = loss_fields(cls)
+    mappings = {k: raw[k] for k in markers if isinstance(raw.get(k), Mapping)}
+    raw = {**raw, **{k: m.get("name") for k, m in mappings.items()}}  # the name is the field's value
     instance, problems = validate_dataclass(cls, raw, prefix)
     if extra_known:
         for i, (fieldname, value, allowed) in enumerate(problems):
@@ -530,15 +544,29 @@ def _validate_params(
                 key = fieldname[len(prefix) :]
                 names = [f.name for f in dataclasses.fields(cls)] + extra_known
                 problems[i] = (fieldname, value, f"unknown field{suggest(key, names)}; known: {', '.join(names)}")
-    if instance is not None:
-        for fname, marker in loss_fields(cls).items():
-            value = getattr(instance, fname)
-            if value is None:
-                continue
-            try:
-                pm.losses.get(value, kind=marker.kind)
-            except ConfigError as e:
-                problems += [(prefix + fname, v, a) for _, v, a in e.problems]
+    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+    for fname, marker in markers.items():
+        # Checked from the raw value, so a problem in another field hides no loss problem.
+        value = raw.get(fname, defaults.get(fname))
+        if not isinstance(value, str):
+            continue  # None (no loss) or a type error pydantic reported
+        try:
+            entry: Entry[Any] = pm.losses.get(value, kind=marker.kind)
+        except ConfigError as e:
+            problems += [(prefix + fname, v, a) for _, v, a in e.problems]
+            continue
+        if not can_feed(marker.takes, entry.domain):
+            problems.append((prefix + fname, value, domain_problem(value, entry.domain, str(marker.takes))))
+        given = {str(k): v for k, v in mappings.get(fname, {}).items() if k != "name"}
+        params = None
+        if entry.config_cls is not None:
+            params, found = validate_dataclass(entry.config_cls, given, f"{prefix}{fname}.")
+            problems += found
+        elif given:
+            key = next(iter(given))
+            problems.append((f"{prefix}{fname}.{key}", given[key], f"unknown field; loss {value!r} takes no parameters"))
+        if instance is not None and params is not None and fname in mappings:
+            object.__setattr__(instance, fname, LossRef(value, params))
     return instance, problems
 
 

@@ -21,6 +21,23 @@ from engine.errors import ConfigError, PluginError, suggest
 
 T = TypeVar("T")
 
+DOMAINS = ("logits", "probabilities", "features")
+"""What a loss's first argument can be (:meth:`Registry.add` ``domain``)."""
+
+ADAPTABLE = frozenset({("logits", "probabilities")})
+"""(what a model gives, what a loss takes) pairs :func:`engine.get_loss` converts (a sigmoid)."""
+
+
+def can_feed(takes: str | None, domain: str | None) -> bool:
+    """Whether a model giving ``takes`` can feed a loss of ``domain`` (directly or converted)."""
+    return takes is None or domain is None or takes == domain or (takes, domain) in ADAPTABLE
+
+
+def domain_problem(name: str, domain: str | None, takes: str) -> str:
+    """What is wrong with a loss of ``domain`` that a model giving ``takes`` cannot feed."""
+    also = " or probabilities" if takes == "logits" else ""
+    return f"loss {str(name)!r} takes {domain}, but this model gives {takes}: choose a loss of domain {takes}{also}"
+
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
@@ -32,6 +49,8 @@ class Entry(Generic[T]):
     plugin: str
     kind: str | None = None
     doc: str = ""
+    domain: str | None = None
+    """Losses: what the first argument is (``logits``, ``probabilities`` or ``features``)."""
 
 
 class Registry(Generic[T]):
@@ -66,6 +85,7 @@ class Registry(Generic[T]):
         *,
         kind: str | None = None,
         doc: str | None = None,
+        domain: str | None = None,
     ) -> None:
         """Register ``obj`` under ``name``.
 
@@ -74,6 +94,10 @@ class Registry(Generic[T]):
         :param config_cls: a ``@dataclass`` holding the entry's options, or None.
         :param kind: a sub-kind (losses: ``reconstruction``, ``adversarial``, ...).
         :param doc: one line for ``gentrain plugins``; defaults to the docstring's first line.
+        :param domain: losses only: what the loss's first argument is, one of :data:`DOMAINS`
+            (``logits``: raw decoder outputs; ``probabilities``: images in ``[0, 1]``;
+            ``features``: anything else, e.g. latent codes or discriminator outputs).
+            A reconstruction loss that does not say is taken as ``probabilities``.
         """
         if not isinstance(name, str) or not name or name != name.strip():
             raise PluginError(f"plugin {self.current_plugin!r} registered a {self.what} with an invalid name {name!r}")
@@ -91,10 +115,17 @@ class Registry(Generic[T]):
                 f"plugin {self.current_plugin!r} registered {self.what} {name!r} with config class "
                 f"{config_cls!r}, which is not a @dataclass; decorate it with @dataclasses.dataclass"
             )
+        if domain is not None and domain not in DOMAINS:
+            raise PluginError(
+                f"plugin {self.current_plugin!r} registered {self.what} {name!r} with domain "
+                f"{domain!r}{suggest(str(domain), DOMAINS)}; domains: {', '.join(DOMAINS)}"
+            )
+        if domain is None and kind == "reconstruction":
+            domain = "probabilities"
         if doc is None:
             lines = (getattr(obj, "__doc__", None) or "").strip().splitlines()
             doc = lines[0] if lines else ""
-        self._entries[name] = Entry(name, obj, config_cls, plugin, kind, doc)
+        self._entries[name] = Entry(name, obj, config_cls, plugin, kind, doc, domain)
 
     def get(self, name: str, *, kind: str | None = None) -> Entry[T]:
         """Return the entry called ``name`` (of sub-kind ``kind`` if given).
@@ -104,7 +135,17 @@ class Registry(Generic[T]):
         """
         entry = self._entries.get(name)
         choices = self.names(kind=kind)
-        if entry is None or (kind is not None and entry.kind != kind):
+        if entry is not None and kind is not None and entry.kind != kind:
+            other = entry.kind or "untyped"
+            article = "an" if other[0] in "aeiou" else "a"
+            plural = self.what + ("es" if self.what.endswith("s") else "s")
+            raise ConfigError.one(
+                self.field,
+                name,
+                f"{name!r} is {article} {other} {self.what}, not a {kind} {self.what}; "
+                f"{kind} {plural}: {', '.join(choices) or 'none'}",
+            )
+        if entry is None:
             what = f"{kind} {self.what}" if kind else self.what
             raise ConfigError.one(
                 self.field,
@@ -130,3 +171,29 @@ class Registry(Generic[T]):
 
 
 LossFn = Callable[..., Any]
+
+
+class LossRef(str):
+    """A loss name from a config, with the loss's own validated parameters.
+
+    ``recon_loss: {name: huber, delta: 0.5}`` resolves to ``LossRef("huber",
+    HuberConfig(delta=0.5))``: it compares and prints as the name, and
+    :func:`engine.get_loss` passes the parameters to the loss as keywords.
+    The plain form ``recon_loss: huber`` stays a plain ``str``.
+    """
+
+    params: Any
+
+    def __new__(cls, name: str, params: Any = None) -> LossRef:
+        self = super().__new__(cls, name)
+        self.params = params
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return LossRef, (str(self), self.params)
+
+    def kwargs(self) -> dict[str, Any]:
+        """The parameters as keyword arguments (``{}`` when there are none)."""
+        if self.params is None:
+            return {}
+        return {f.name: getattr(self.params, f.name) for f in dataclasses.fields(self.params)}

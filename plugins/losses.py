@@ -132,9 +132,10 @@ def contractive(encoder: Callable[[Tensor], Tensor], x: Tensor, n_projections: i
 
 @engine.hookimpl
 def gentrain_register_losses(registry: engine.Registry[Any]) -> None:
-    for fn in (mse, bce, l1):
-        registry.add(fn.__name__, fn, kind="reconstruction")
-    registry.add("kl_normal", kl_normal, kind="divergence")
+    registry.add("bce", bce, kind="reconstruction", domain="logits")
+    for fn in (mse, l1):
+        registry.add(fn.__name__, fn, kind="reconstruction", domain="probabilities")
+    registry.add("kl_normal", kl_normal, kind="divergence", domain="features")
     for name, adv in (
         ("minimax", minimax),
         ("nonsaturating", nonsaturating),
@@ -142,6 +143,6 @@ def gentrain_register_losses(registry: engine.Registry[Any]) -> None:
         ("wasserstein", wasserstein),
         ("least_squares", least_squares),
     ):
-        registry.add(name, adv, kind="adversarial", doc=adv.__doc__)
+        registry.add(name, adv, kind="adversarial", doc=adv.__doc__, domain="features")
     for fn in (gradient_penalty, r1, contractive):
-        registry.add(fn.__name__, fn, kind="penalty")
+        registry.add(fn.__name__, fn, kind="penalty", domain="features")

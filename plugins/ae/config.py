@@ -42,7 +42,7 @@ class ArchConfig(engine.ModelConfig):
     """MLP hidden sizes, encoder order (the decoder mirrors them); the default is the VAE paper's 784-400-20."""
     conv_width: engine.PositiveInt = 32
     """Channels of the first conv layer; each further stride-2 layer doubles them (at most 8×)."""
-    recon_loss: Annotated[str, engine.LossName("reconstruction")] = "bce"
+    recon_loss: Annotated[str, engine.LossName("reconstruction", takes="logits")] = "bce"
     """A registered reconstruction loss. The decoder outputs logits: ``bce`` gets them as they
     are; every other loss gets ``sigmoid(logits)``, i.e. images in ``[0, 1]``."""
 

@@ -9,9 +9,6 @@ import engine
 from plugins.ae.config import AEConfig
 from plugins.ae.nets import make_decoder, make_encoder
 
-LOGIT_LOSSES = frozenset({"bce"})
-"""Reconstruction losses that take the decoder's logits; every other one gets ``sigmoid(logits)``."""
-
 
 class AE(engine.Model):
     """A deterministic autoencoder ``x -> z = encode(x) -> decode(z)`` (logits).
@@ -42,8 +39,8 @@ class AE(engine.Model):
         super().__init__(config, data)
         self.encoder = make_encoder(config, data, config.latent_dim)
         self.decoder = make_decoder(config, data)
-        self.recon_fn = engine.get_loss(config.recon_loss, "reconstruction")
-        self.logit_loss = config.recon_loss in LOGIT_LOSSES
+        # Logits in: a loss on images in [0, 1] comes back behind a sigmoid (its registered domain says which).
+        self.recon_fn = engine.get_loss(config.recon_loss, "reconstruction", takes="logits", field="model.recon_loss")
         self.penalty_fn = engine.get_loss("contractive", "penalty") if config.contractive_weight > 0 else None
 
     # -- the maths ---------------------------------------------------------
@@ -58,7 +55,7 @@ class AE(engine.Model):
 
     def recon_loss(self, logits: Tensor, x: Tensor) -> Tensor:
         """Per-image reconstruction loss (shape ``N``) of decoder ``logits`` against clean ``x``."""
-        return self.recon_fn(logits if self.logit_loss else torch.sigmoid(logits), x)
+        return self.recon_fn(logits, x)
 
     def corrupt(self, x: Tensor) -> Tensor:
         """The denoising input: ``x`` with the configured noise (``x`` itself for ``noise=none``)."""

@@ -68,7 +68,7 @@ class AEGANConfig(engine.ModelConfig):
     |z| ~ 10-50 within a hundred steps); with it q(z) settles near N(0, I)."""
     penalty_weight: engine.PositiveFloat = 10.0
     """Weight of the penalty (for ``r1`` this is γ and the term is γ/2 · R1)."""
-    recon_loss: Annotated[str, engine.LossName("reconstruction")] = "bce"
+    recon_loss: Annotated[str, engine.LossName("reconstruction", takes="logits")] = "bce"
     """Pixel reconstruction loss. ``bce`` receives the decoder's logits; any other
     loss receives images in ``[0, 1]`` (the sigmoid of the logits)."""
     rec_weight: engine.NonNegativeFloat = 1.0

@@ -155,7 +155,9 @@ class AEGAN(engine.Model):
             ImageDiscriminator(config, data) if config.adversary == "image" else LatentDiscriminator(config)
         )
         self.adversarial = engine.get_loss(config.loss, "adversarial")
-        self.recon_loss: Callable[[Tensor, Tensor], Tensor] = engine.get_loss(config.recon_loss, "reconstruction")
+        self.recon_loss: Callable[[Tensor, Tensor], Tensor] = engine.get_loss(
+            config.recon_loss, "reconstruction", takes="logits", field="model.recon_loss"
+        )
         self.kl: Callable[[Tensor, Tensor], Tensor] = engine.get_loss("kl_normal", "divergence")
         self.penalty: Callable[..., Tensor] | None = (
             engine.get_loss(config.penalty, "penalty") if config.penalty is not None else None
@@ -196,9 +198,8 @@ class AEGAN(engine.Model):
         return self.encoder(x)[:, : self.config.latent_dim]
 
     def _recon(self, logits: Tensor, x: Tensor) -> Tensor:
-        """Per-image pixel reconstruction loss (``bce`` takes logits, others images)."""
-        x_hat = logits if self.config.recon_loss == "bce" else torch.sigmoid(logits)
-        return self.recon_loss(x_hat, x)
+        """Per-image pixel reconstruction loss of decoder ``logits`` (adapted to the loss's domain by get_loss)."""
+        return self.recon_loss(logits, x)
 
     def training_step(self, batch: engine.Batch, phase: str) -> dict[str, Tensor]:
         if phase == "disc":

@@ -42,7 +42,7 @@ class VAE(engine.Model):
         super().__init__(config, data)
         self.encoder = make_encoder(config, data, 2 * config.latent_dim)
         self.decoder = make_decoder(config, data)
-        self.recon_fn = engine.get_loss(config.recon_loss, "reconstruction")
+        self.recon_fn = engine.get_loss(config.recon_loss, "reconstruction", takes="logits", field="model.recon_loss")
         self.kl_fn = engine.get_loss("kl_normal", "divergence")
         self.register_buffer("train_steps", torch.zeros((), dtype=torch.long))
 
@@ -64,16 +64,13 @@ class VAE(engine.Model):
         continuous relaxation), unit-variance Gaussian for ``mse``, unit-scale
         Laplace for ``l1``, ``-loss`` for any other reconstruction loss.
         """
-        name = self.config.recon_loss
-        if name == "bce":
-            return -self.recon_fn(logits, x)
-        d = x[0].numel()
-        mean = torch.sigmoid(logits)
+        # recon_fn takes logits: engine.get_loss put a sigmoid in front of a loss on images.
+        name, d = str(self.config.recon_loss), x[0].numel()
         if name == "mse":
-            return -0.5 * self.recon_fn(mean, x) - 0.5 * d * _LOG_2PI
+            return -0.5 * self.recon_fn(logits, x) - 0.5 * d * _LOG_2PI
         if name == "l1":
-            return -self.recon_fn(mean, x) - d * math.log(2.0)
-        return -self.recon_fn(mean, x)
+            return -self.recon_fn(logits, x) - d * math.log(2.0)
+        return -self.recon_fn(logits, x)
 
     def reparameterize(self, mu: Tensor, logvar: Tensor) -> Tensor:
         eps = self.batch_randn(mu.shape[0], mu.shape[1]).to(mu.dtype)
