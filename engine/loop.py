@@ -94,7 +94,7 @@ def train(
     # -- model and optimizers ------------------------------------------------
     if model is None:
         seed_everything(t.seed)
-        model = build_model(config, plugins, dataset.spec)
+        model = build_model(config, plugins, dataset.spec.for_run(len(train_set), t.batch_size, env.world_size))
     model = model.to(env.device)
     phases, param_groups = check_model(model, env.world_size)
     optimizers = {

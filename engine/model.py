@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -18,13 +19,44 @@ Batch = tuple[Tensor, Tensor]
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What a model needs to know about its data to size itself."""
+    """What a model needs to know about its data to size itself.
+
+    The run fields (``train_size``, ``batch_size``, ``world_size``) are set when
+    the engine builds the model for a run and when it calls the model config's
+    ``check()``; outside a run (``engine.load``, tests) they are ``None`` / 1.
+    Training drops the last partial batch of every epoch on every rank, so each
+    step sees exactly ``batch_size`` images per rank: an epoch is
+    ``train_size // world_size // batch_size`` steps (``steps_per_epoch``).
+    Validation keeps its last partial batch.
+    """
 
     shape: tuple[int, int, int]
     """``(channels, height, width)``."""
     num_classes: int | None = None
     """Number of label classes, or ``None`` for unlabeled data."""
     name: str = ""
+    train_size: int | None = None
+    """Images in the training split (all ranks together), or ``None`` outside a run."""
+    batch_size: int | None = None
+    """Images per rank per step (``trainer.batch_size``), or ``None`` outside a run."""
+    world_size: int = 1
+    """Number of ranks (DDP processes) the run trains on."""
+
+    def for_run(self, train_size: int, batch_size: int, world_size: int) -> DataSpec:
+        """This spec with the run's sizes set."""
+        return dataclasses.replace(self, train_size=train_size, batch_size=batch_size, world_size=world_size)
+
+    @property
+    def global_batch_size(self) -> int | None:
+        """``batch_size × world_size``: the images of one step over all ranks."""
+        return None if self.batch_size is None else self.batch_size * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        """Optimizer steps per epoch (before gradient accumulation): the last partial batch is dropped."""
+        if self.train_size is None or self.batch_size is None:
+            return None
+        return self.train_size // self.world_size // self.batch_size
 
     @property
     def numel(self) -> int:

@@ -58,13 +58,13 @@ def _prepare(
     )
     check(run_config, pm)
     dataset = load_data(run_config.data, pm)
-    spec = dataset.spec
-    params = run_config.model.params
-    if hasattr(params, "check"):
-        params.check(spec)
     train_set, _ = split(dataset, run_config.data)
     t = run_config.trainer
     workers = max(run_config.scaling.num_workers, 1)
+    spec = dataset.spec.for_run(len(train_set), t.batch_size, workers)
+    params = run_config.model.params
+    if hasattr(params, "check"):
+        params.check(spec)
     global_batch = t.batch_size * workers * t.accumulate_grad_batches
     if global_batch > len(train_set):
         raise ConfigError.one(
@@ -92,7 +92,10 @@ def _build(run_config: RunConfig, pm: PluginManager, dataset: ImageData) -> Mode
     # worker starts; from the run's seed, so it is the model the loop would build.
     with torch.random.fork_rng():
         torch.manual_seed(run_config.trainer.seed)
-        model = build_model(run_config, pm, dataset.spec)
+        train_set, _ = split(dataset, run_config.data)
+        workers = max(run_config.scaling.num_workers, 1)
+        spec = dataset.spec.for_run(len(train_set), run_config.trainer.batch_size, workers)
+        model = build_model(run_config, pm, spec)
     check_model(model, max(run_config.scaling.num_workers, 1))
     return model
 
