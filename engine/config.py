@@ -39,7 +39,7 @@ from engine.registry import LossRef, can_feed, domain_problem
 _log = logging.getLogger("gentrain")
 
 if TYPE_CHECKING:
-    from engine.registry import Registry
+    from engine.registry import Entry, Registry
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
