@@ -90,6 +90,23 @@ class OptimConfig:
     weight_decay: NonNegativeFloat = 0.0
     momentum: NonNegativeFloat = 0.0
     eps: PositiveFloat = 1e-8
+    #: Learning-rate schedule (:mod:`engine.optim`): ``cosine`` (to ``min_lr`` over the run),
+    #: ``linear_warmup`` (then constant), ``step`` (× ``gamma`` every ``step_size``),
+    #: ``exponential`` (× ``gamma`` each interval), ``plateau`` (× ``gamma`` when
+    #: ``plateau_metric`` stops improving for ``plateau_patience`` validations).
+    scheduler: Literal["none", "cosine", "linear_warmup", "step", "exponential", "plateau"] = "none"
+    #: Steps of linear warm-up from ``lr × warmup_start`` to ``lr`` (``cosine``, ``linear_warmup``).
+    warmup_steps: NonNegativeInt = 0
+    warmup_start: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.01
+    #: ``step`` / ``epoch``: when the schedule advances; ``None``: per step for cosine and
+    #: linear_warmup, per epoch for step and exponential (plateau: every validation).
+    scheduler_interval: Literal["step", "epoch"] | None = None
+    step_size: PositiveInt = 10
+    gamma: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)] = 0.1
+    min_lr: NonNegativeFloat = 0.0
+    plateau_metric: str = "val/loss"
+    plateau_mode: Literal["min", "max"] = "min"
+    plateau_patience: NonNegativeInt = 2
     per_optimizer: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def for_optimizer(self, name: str) -> OptimConfig:
@@ -115,6 +132,16 @@ class TrainerConfig:
     nan_policy: Literal["raise", "skip"] = "raise"
     num_threads: PositiveInt | None = None
     deterministic: bool = False
+    #: Keep an exponential moving average of the weights (``None``: off; e.g. 0.999).
+    #: Kept on every rank without communication (DDP keeps weights identical), saved in
+    #: checkpoints, used for sample grids, sample metrics and ``engine.load``.
+    ema_decay: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
+    #: Ramp the decay up as ``min(ema_decay, (1 + n) / (10 + n))`` over the first updates.
+    ema_warmup: bool = True
+    #: Sub-networks (names of ``Model.ddp_modules()``) to average; ``None``: all of them.
+    ema_modules: list[str] | None = None
+    #: ``torch.compile`` each sub-network (after its DDP wrapper); losses match eager within tolerance.
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -187,8 +214,15 @@ class DataConfig:
     val_fraction: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     limit: PositiveInt | None = None
     split_seed: int = 0
-    loader: Literal["auto", "memory", "dataloader"] = "auto"
+    #: ``auto``: in memory for data that fits (and has no per-epoch random transforms),
+    #: a ``DataLoader`` over the files otherwise; ``ray_data``: Ray Data streams each worker's shard.
+    loader: Literal["auto", "memory", "dataloader", "ray_data"] = "auto"
+    #: ``DataLoader`` worker processes that decode files (0: in the training process).
     loader_workers: NonNegativeInt = 0
+    #: Batches each loader worker keeps ready (``DataLoader(prefetch_factor=)``).
+    prefetch_factor: PositiveInt = 2
+    #: An unreadable or corrupt file met while streaming: ``fail`` names it; ``skip`` drops it and counts it.
+    on_bad_file: Literal["fail", "skip"] = "fail"
     params: Any = None
 
     def root_path(self, dataset: str) -> Path:

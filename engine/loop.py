@@ -40,10 +40,10 @@ from torch import Tensor, nn
 
 from engine import checkpoint as ckpt
 from engine.config import RunConfig, resolve
-from engine.data import ImageData, load_data, make_loader, split
+from engine.data import AnyData, load_data, make_loader, split
 from engine.errors import CheckpointError, ConfigError, GentrainError, TrainingError
 from engine.model import Batch, DataSpec, Model, Phase, _BatchNoise
-from engine.optim import apply_hyperparameters, make_optimizer
+from engine.optim import apply_hyperparameters, make_ema, make_optimizer, make_schedule, rebase_schedule
 from engine.plugins import PluginManager, current
 from engine.trainer import Trainer, WorkerEnv
 
@@ -56,7 +56,7 @@ def train(
     config: RunConfig | Mapping[str, Any],
     env: WorkerEnv | None = None,
     plugins: PluginManager | None = None,
-    data: ImageData | None = None,
+    data: AnyData | None = None,
     model: Model | None = None,
 ) -> dict[str, float]:
     """Run one training run on this worker; return the last metrics.
@@ -88,15 +88,19 @@ def train(
     train_set, val_set = split(dataset, config.data)
     check_batch_size(train_set, t.batch_size * env.world_size * t.accumulate_grad_batches)
     loader_args = dict(seed=t.seed, rank=env.rank, world_size=env.world_size, device=env.device)
-    train_loader = make_loader(train_set, config.data, t.batch_size, train=True, **loader_args)  # type: ignore[arg-type]
-    val_loader = make_loader(val_set, config.data, t.batch_size, train=False, **loader_args)  # type: ignore[arg-type]
+    train_loader = make_loader(
+        train_set, config.data, t.batch_size, train=True, shard=env.dataset_shard("train"), **loader_args  # type: ignore[arg-type]
+    )
+    val_loader = make_loader(
+        val_set, config.data, t.batch_size, train=False, shard=env.dataset_shard("val"), **loader_args  # type: ignore[arg-type]
+    )
 
     # -- model and optimizers ------------------------------------------------
     if model is None:
         seed_everything(t.seed)
         model = build_model(config, plugins, dataset.spec.for_run(len(train_set), t.batch_size, env.world_size))
     model = model.to(env.device)
-    phases, param_groups = check_model(model, env.world_size)
+    phases, param_groups = check_model(model, env.world_size, config)
     optimizers = {
         name: make_optimizer(plugins.hook, name, params, config.optim.for_optimizer(name))
         for name, params in param_groups.items()
@@ -109,13 +113,32 @@ def train(
     for name, module in model.ddp_modules().items():
         trainer.raw[name] = module
         trainer.ddp[name] = env.wrap_ddp(module)
-        setattr(model, name, trainer.ddp[name])
+        if t.compile:
+            # After the DDP wrapper, so DDP's bucketing sees the compiled graph (DDPOptimizer).
+            trainer.compiled[name] = torch.compile(trainer.ddp[name])  # type: ignore[assignment]
+        setattr(model, name, trainer.training_module(name))
     phase_modules = modules_per_phase(trainer, phases, param_groups)
+    if t.ema_decay is not None:
+        # Every rank keeps its own copy: DDP keeps the weights identical, so no communication.
+        for name in t.ema_modules or list(trainer.raw):
+            trainer.ema[name] = make_ema(trainer.raw[name], t.ema_decay, warmup=t.ema_warmup)
+    steps_per_epoch = len(train_loader) // batches_per_step(phases, t.accumulate_grad_batches)
+    total_steps = min(t.max_steps or steps_per_epoch * t.epochs, steps_per_epoch * t.epochs)
+    for name, optimizer in optimizers.items():
+        schedule = make_schedule(
+            optimizer,
+            config.optim.for_optimizer(name),
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            epochs=t.epochs,
+        )
+        if schedule is not None:
+            trainer.schedules[name] = schedule
 
     # -- resume --------------------------------------------------------------
     resume_from = find_resume(trainer, env)
     if resume_from is not None:
-        restore(trainer, ckpt.load(resume_from))
+        restore(trainer, ckpt.load_resumable(resume_from, trainer.optimizers, say=trainer.is_rank_zero))
     else:
         # Per-rank streams for dropout and other torch.rand calls.
         seed_everything(t.seed + 7919 * env.rank)
@@ -128,7 +151,6 @@ def train(
     # A fixed batch of held-out images for reconstruction grids.
     trainer.fixed_batch = next(iter(val_loader if len(val_set) else train_loader))[0][:32]
     autocast = autocast_context(t.precision, env.device)
-    steps_per_epoch = len(train_loader) // batches_per_step(phases, t.accumulate_grad_batches)
     if steps_per_epoch == 0:
         raise ConfigError.one(
             "trainer.batch_size",
@@ -155,18 +177,25 @@ def train(
                 noise.reseed(trainer.step)
                 losses, stacked = train_step(trainer, phases, phase_modules, batches, autocast)
                 sums.add(losses, stacked)
+                after_step(trainer, "step")
                 trainer.step += 1
                 trainer.batch_in_epoch += batches_per_step(phases, t.accumulate_grad_batches)
 
             # -- end of epoch: validation, metrics, checkpoint, report -----
-            trainer.epoch += 1
-            trainer.batch_in_epoch = 0
+            # A stop inside the epoch (trainer.max_steps) keeps its sampler position for the checkpoint.
+            if trainer.batch_in_epoch >= steps_per_epoch * batches_per_step(phases, t.accumulate_grad_batches):
+                trainer.epoch += 1
+                trainer.batch_in_epoch = 0
             metrics = reduce_means(env, sums.as_dict(), sums.count_dict(), prefix="train/")
+            # Scheduled rates as this epoch ended, before the epoch's schedules advance.
+            metrics.update({f"lr/{n}": float(optimizers[n].param_groups[0]["lr"]) for n in trainer.schedules})
             last = trainer.epoch >= t.epochs or trainer.should_stop
             if (trainer.epoch % t.val_every == 0 or last) and len(val_set) > 0:
                 trainer.fire("gentrain_on_validation_start", epoch=epoch)
                 metrics.update(validate(trainer, val_loader, autocast))
                 trainer.fire("gentrain_on_validation_end", epoch=epoch, metrics=metrics)
+                after_step(trainer, "validation", metrics)
+            after_step(trainer, "epoch")
             metrics.update(epoch=float(trainer.epoch), step=float(trainer.step))
             trainer.metrics = metrics
             trainer.fire("gentrain_on_train_epoch_end", epoch=epoch, metrics=metrics)
@@ -216,7 +245,7 @@ def train_step(
                 with sync_context(trainer, phase_modules[phase.name], last=i == k - 1), autocast:
                     losses = model.training_step(batch, phase.name)
                     # x / 1 == x exactly: skip the op and its backward node when not accumulating.
-                    loss = losses["loss"] / k if k > 1 else losses["loss"]
+                    loss = trainer.loss_of(losses, phase.name) / k if k > 1 else trainer.loss_of(losses, phase.name)
                 scaler = trainer.scalers.get(phase.optimizer_name)
                 (scaler.scale(loss) if scaler else loss).backward()
                 stacked = add_logged_losses(phase_losses, losses, k)
@@ -240,6 +269,16 @@ def train_step(
     trainer.fire("gentrain_on_train_batch_end", step=trainer.step, losses=out)
     # With one phase, ``out`` is that phase's last logged losses, in the stacked order.
     return out, (stacked if len(phases) == 1 and len(out) else None)
+
+
+def after_step(trainer: Trainer, interval: str, metrics: dict[str, float] | None = None) -> None:
+    """Advance what follows the optimizer steps: the EMA weights (per step) and the schedules of ``interval``."""
+    if interval == "step":
+        for name, averaged in trainer.ema.items():
+            averaged.update_parameters(trainer.raw[name])
+    for schedule in trainer.schedules.values():
+        if schedule.interval == interval:
+            schedule.step(metrics)
 
 
 def validate(trainer: Trainer, loader: Any, autocast: Any) -> dict[str, float]:
@@ -281,7 +320,7 @@ def batches_per_step(phases: list[Phase], accumulate: int) -> int:
     return max(draws, 1) * accumulate
 
 
-def check_batch_size(train_set: ImageData, global_batch: int) -> None:
+def check_batch_size(train_set: AnyData, global_batch: int) -> None:
     if global_batch > len(train_set):
         raise ConfigError.one(
             "trainer.batch_size",
@@ -313,12 +352,22 @@ def build_model(config: RunConfig, plugins: PluginManager, spec: DataSpec) -> Mo
     return model
 
 
-def check_model(model: Model, world_size: int) -> tuple[list[Phase], dict[str, list[nn.Parameter]]]:
-    """What can be checked of a built model without data: its phases, optimizers and DDP coverage.
+def check_model(
+    model: Model, world_size: int, config: RunConfig | None = None
+) -> tuple[list[Phase], dict[str, list[nn.Parameter]]]:
+    """What can be checked of a built model without data: its phases, optimizers and DDP coverage,
+    and the config fields that name its sub-networks or optimizers.
 
     Runs on the driver before any worker starts (``world_size`` is the run's
     worker count) and again in each worker.
     """
+    if config is not None:
+        subnets = list(model.ddp_modules())
+        for name in config.trainer.ema_modules or ():
+            if name not in subnets:
+                raise ConfigError.one(
+                    "trainer.ema_modules", name, f"is not a sub-network of {config.model.name!r}: {', '.join(subnets)}"
+                )
     phases = model.phases()
     param_groups = {name: [p for p in params if p.requires_grad] for name, params in model.param_groups().items()}
     check_phases(phases, param_groups)
@@ -576,6 +625,13 @@ def save_checkpoint(trainer: Trainer) -> Path | None:
             "plugin_state": {},
             "data_spec": ckpt.spec_state(trainer.data_spec),
             "model_plugin": ckpt.model_origin(trainer.plugins, trainer.config.model.name),
+            # EMA weights as plain sub-network state dicts, so loading needs no AveragedModel.
+            "ema": {n: a.module.state_dict() for n, a in trainer.ema.items()},
+            "ema_updates": {n: int(a.n_averaged) for n, a in trainer.ema.items()},
+            "schedulers": {
+                n: {"state": s.state_dict(), "base_lr": trainer.config.optim.for_optimizer(n).lr}
+                for n, s in trainer.schedules.items()
+            },
         }
     trainer.fire("gentrain_on_save_checkpoint", state=state)
     if not trainer.is_rank_zero:
@@ -600,7 +656,21 @@ def restore(trainer: Trainer, state: dict[str, Any]) -> None:
             ) from e
     for n, opt in trainer.optimizers.items():
         opt.load_state_dict(state["optimizers"][n])
-        apply_hyperparameters(opt, trainer.config.optim.for_optimizer(n))
+        scheduled = [g["lr"] for g in opt.param_groups]
+        config = trainer.config.optim.for_optimizer(n)
+        apply_hyperparameters(opt, config)
+        saved = state.get("schedulers", {}).get(n)
+        if n in trainer.schedules and saved is not None:
+            # The schedule's position is training state; its base rate is the config's (PBT may change it).
+            trainer.schedules[n].load_state_dict(saved["state"])
+            for group, lr in zip(opt.param_groups, scheduled, strict=True):
+                group["lr"] = lr
+            rebase_schedule(trainer.schedules[n], opt, float(saved["base_lr"]), config.lr)
+    for n, averaged in trainer.ema.items():
+        if n in state.get("ema", {}):
+            averaged.module.load_state_dict(state["ema"][n])
+            averaged.n_averaged.fill_(int(state["ema_updates"][n]))
+        # else: EMA was switched on for this run after the checkpoint; it starts from the current weights.
     for n, scaler in trainer.scalers.items():
         if n in state.get("scalers", {}):
             scaler.load_state_dict(state["scalers"][n])

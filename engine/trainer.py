@@ -38,6 +38,10 @@ class WorkerEnv:
         """A checkpoint the launcher wants this run resumed from (Ray's registered one), if any."""
         return None
 
+    def dataset_shard(self, name: str) -> Any:
+        """This worker's shard of the launcher's dataset ``name`` (Ray Data, ``data.loader=ray_data``), or None."""
+        return None
+
     def all_reduce(self, tensor: Tensor) -> Tensor:
         """Sum ``tensor`` over ranks, in place."""
         if self.world_size > 1:
@@ -90,6 +94,12 @@ class Trainer:
         self.agree_on_skips = config.trainer.nan_policy == "skip" and env.world_size > 1
         self.ddp: dict[str, nn.Module] = {}
         self.raw: dict[str, nn.Module] = {}
+        #: ``torch.compile`` of a sub-network's DDP wrapper, when ``trainer.compile`` is on.
+        self.compiled: dict[str, nn.Module] = {}
+        #: EMA copies of sub-networks (``trainer.ema_decay``): ``AveragedModel``s by name.
+        self.ema: dict[str, Any] = {}
+        #: Learning-rate schedules by optimizer name (``optim.scheduler``).
+        self.schedules: dict[str, Any] = {}
         self.last_checkpoint: Path | None = None
         self.fixed_batch: Tensor | None = None
 
@@ -113,16 +123,57 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def loss_of(self, losses: Any, phase: str) -> Tensor:
+        """``losses["loss"]`` of a ``training_step``; a :class:`PluginError` naming model, plugin and what was wrong."""
+        loss = losses.get("loss") if isinstance(losses, dict) else None
+        if (
+            isinstance(loss, Tensor)
+            and loss.ndim == 0
+            and loss.is_floating_point()
+            and (loss.requires_grad or not torch.is_grad_enabled())
+            and all(isinstance(v, Tensor) and v.ndim == 0 for v in losses.values())
+        ):
+            return loss
+        if not isinstance(losses, dict):
+            got = f"a {type(losses).__name__}"
+        elif loss is None:
+            got = f"a dict without 'loss' (keys: {', '.join(map(str, losses)) or 'none'})"
+        elif not isinstance(loss, Tensor):
+            got = f"'loss' as a {type(loss).__name__}"
+        elif loss.ndim or not loss.is_floating_point():
+            got = f"'loss' of shape {tuple(loss.shape)} and dtype {loss.dtype}"
+        elif not loss.requires_grad:
+            got = "a 'loss' that does not require grad (computed without the model's parameters, or detached)"
+        else:
+            bad = [k for k, v in losses.items() if not (isinstance(v, Tensor) and v.ndim == 0)]
+            got = f"entries that are not scalar tensors: {', '.join(map(str, bad))}"
+        from engine.errors import PluginError
+
+        name = self.config.model.name
+        plugin = self.plugins.models.get(name).plugin
+        raise PluginError(
+            f"model {name!r} (plugin {plugin!r}): training_step(batch, phase={phase!r}) must return a dict of "
+            f"scalar tensors with a float 'loss' to minimise; it returned {got}"
+        )
+
     def fire(self, hookname: str, **kwargs: Any) -> None:
         self.plugins.fire(hookname, trainer=self, **kwargs)
 
     @contextlib.contextmanager
-    def unwrapped(self) -> Iterator[Model]:
-        """The model with its plain sub-networks in place of DDP wrappers (eval, sampling, saving)."""
+    def unwrapped(self, *, ema: bool = False) -> Iterator[Model]:
+        """The model with its plain sub-networks in place of DDP (and compile) wrappers.
+
+        For evaluation and saving. With ``ema=True`` (sample grids, sample
+        metrics) the sub-networks that have an EMA copy are replaced by it.
+        """
         for name, module in self.raw.items():
-            setattr(self.model, name, module)
+            setattr(self.model, name, self.ema[name].module if ema and name in self.ema else module)
         try:
             yield self.model
         finally:
-            for name, module in self.ddp.items():
-                setattr(self.model, name, module)
+            for name in self.ddp:
+                setattr(self.model, name, self.training_module(name))
+
+    def training_module(self, name: str) -> nn.Module:
+        """What the model calls sub-network ``name`` while training: compiled, DDP-wrapped or plain."""
+        return self.compiled.get(name, self.ddp[name])

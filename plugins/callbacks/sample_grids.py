@@ -58,7 +58,7 @@ def gentrain_on_train_epoch_end(trainer: Any, epoch: int) -> None:
     out.mkdir(parents=True, exist_ok=True)
     n = trainer.config.callbacks.num_samples
     spec = trainer.data_spec
-    with trainer.unwrapped() as model, torch.random.fork_rng(devices=[]):
+    with trainer.unwrapped(ema=True) as model, torch.random.fork_rng(devices=[]):
         # Fixed noise: the same seed every epoch, so grids are comparable over time.
         torch.manual_seed(trainer.config.trainer.seed + 12345)
         model.eval()
