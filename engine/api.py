@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from engine import rundir
 from engine.config import RunConfig
 from engine.plugins import PluginManager, using
 from engine.prepare import check, prepare, prepare_run
@@ -44,12 +45,19 @@ def fit(
 
     with using(plugins) as pm:
         run_config, dataset, model = prepare_run(config, overrides, pm)
-        if run_config.scaling.num_workers > 0:
-            del dataset, model  # each worker loads and builds its own
-            metrics = fit_ray(run_config)
-        else:
-            # In-process: the config, data, model and plugins prepared above are used as they are.
-            device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
-            metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset, model=model)
+        rundir.check_resume(run_config)
+        rundir.move_aside(run_config)  # run.resume=never: once, here, so no worker restart mixes runs
         run_dir = loop.run_dir_of(run_config)
+        existed = run_dir.exists()
+        try:
+            if run_config.scaling.num_workers > 0:
+                del dataset, model  # each worker loads and builds its own
+                metrics = fit_ray(run_config)
+            else:
+                # In-process: the config, data, model and plugins prepared above are used as they are.
+                device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
+                metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset, model=model)
+        except BaseException:
+            rundir.remove_if_unstarted(run_dir, existed)  # a failure before the first checkpoint leaves nothing
+            raise
         return FitResult(run_config, run_dir, metrics, checkpoint.latest(run_dir / "checkpoints"))

@@ -35,6 +35,7 @@ import os
 import pickle
 import random
 import re
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -83,7 +84,11 @@ def load(path: str | Path) -> dict[str, Any]:
     """Read a checkpoint safely; any problem becomes a :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
+        if path.is_dir():
+            raise CheckpointError(f"checkpoint {path} is a directory, not a file; remove it (or move it away)")
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes): the write never finished; delete it")
     try:
         with warnings.catch_warnings():
             # Raised for plain pickles (not torch zip files), which are refused below anyway.
@@ -99,6 +104,87 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path} is not a gentrain checkpoint of format {FORMAT}")
     return state
+
+
+#: What every checkpoint holds, and the type of each.
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "model_name": str,
+    "model": dict,
+    "optimizers": dict,
+    "epoch": int,
+    "step": int,
+    "batch_in_epoch": int,
+    "rng": list,
+}
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """Raise :class:`CheckpointError` naming ``path``: a missing entry, one of the wrong type, a malformed RNG state."""
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}: it is damaged or not written by gentrain")
+    wrong = [k for k, kind in REQUIRED.items() if not isinstance(state[k], kind) or isinstance(state[k], bool)]
+    if wrong:
+        raise CheckpointError(f"checkpoint {path} has entries of the wrong type: {', '.join(wrong)}; it is damaged")
+    size = torch.get_rng_state().numel()
+    for rank, rng in enumerate(state["rng"]):
+        try:
+            ok = rng["torch"].dtype == torch.uint8 and rng["torch"].numel() == size
+            ok = ok and len(rng["numpy"]) == 5 and rng["numpy"][1].numel() == 624 and len(rng["python"][1]) == 625
+        except (KeyError, TypeError, AttributeError, IndexError):
+            ok = False
+        if not ok:
+            raise CheckpointError(f"checkpoint {path} holds a malformed RNG state (rank {rank}); it is damaged")
+
+
+def check_optimizers(state: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer], path: Path) -> None:
+    """Refuse a checkpoint whose optimizers are not those this run builds (names, classes, parameter groups)."""
+    saved = state["optimizers"]
+    for name, opt in optimizers.items():
+        hint = "resume with the optim settings of that run, or start over with run.resume=never"
+        if name not in saved:
+            raise CheckpointError(
+                f"checkpoint {path} has no state for optimizer {name!r} (it has {sorted(saved)}); {hint}"
+            )
+        groups = saved[name].get("param_groups") if isinstance(saved[name], dict) else None
+        if not isinstance(groups, list) or len(groups) != len(opt.param_groups):
+            raise CheckpointError(f"checkpoint {path}: optimizer {name!r} has other parameter groups; {hint}")
+        for group, built in zip(groups, opt.param_groups, strict=True):
+            # A learning-rate scheduler adds initial_lr; that says nothing of the optimizer's kind.
+            theirs, ours = set(group) - {"params", "initial_lr"}, set(built) - {"params", "initial_lr"}
+            if theirs != ours or len(group["params"]) != len(built["params"]):
+                raise CheckpointError(
+                    f"checkpoint {path}: optimizer {name!r} was of another kind (settings {sorted(theirs - ours)} "
+                    f"vs {type(opt).__name__}'s {sorted(ours - theirs)}; was optim.algo changed?); {hint}"
+                )
+
+
+def load_resumable(
+    newest: str | Path, optimizers: dict[str, torch.optim.Optimizer] | None = None, *, say: bool = True
+) -> dict[str, Any]:
+    """The state of ``newest``, or of the newest older checkpoint beside it that is readable.
+
+    A file that is unreadable, truncated or missing entries is passed over for
+    the previous one (one line says so); a checkpoint that reads but does not
+    fit this run (another optimizer) is an error, as an older one would not fit either.
+    """
+    newest = Path(newest)
+    older = [p for p in list_checkpoints(newest.parent) if p.name < newest.name] if _NAME.match(newest.name) else []
+    first: CheckpointError | None = None
+    for path in [newest, *reversed(older)]:
+        try:
+            state = load(path)
+            check_state(state, path)
+        except CheckpointError as e:
+            first = first or e
+            continue
+        if path != newest and say:
+            print(f"gentrain: {first}; resuming from the previous checkpoint, {path.name}", file=sys.stderr)
+        if optimizers is not None:
+            check_optimizers(state, optimizers, path)
+        return state
+    assert first is not None
+    raise first
 
 
 def spec_state(spec: DataSpec) -> dict[str, Any]:
@@ -168,6 +254,15 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    try:
+        _set_rng_state(state)
+    except (RuntimeError, ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(
+            f"checkpoint RNG state cannot be restored ({type(e).__name__}: {e}); it is damaged"
+        ) from e
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))

@@ -50,6 +50,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
     # `gentrain fit model.name=ae ...` has no file: the first word is an override.
     if source is not None and "=" in source and not Path(source).exists():
         source, overrides = None, [source, *overrides]
+    if getattr(args, "check", False):
+        from engine.api import prepare
+        from engine.loop import run_dir_of
+
+        prepared, dataset = prepare(switch_model(load_config_source(source), overrides), overrides)
+        print(f"config ok: {prepared.model.name} on {len(dataset)} {prepared.data.name} images; nothing was trained")
+        print(f"run directory would be: {run_dir_of(prepared)}")
+        return 0
     result = fit(switch_model(load_config_source(source), overrides), overrides)
     print(f"run directory: {result.run_dir}")
     if result.checkpoint is not None:
@@ -112,6 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit", help="train a model", description="Train a model from a config and dotted overrides.")
     p.add_argument("config", nargs="?", help="a YAML config or a recipe .py defining CONFIG (optional)")
     p.add_argument("overrides", nargs="*", help="key.path=value, e.g. trainer.epochs=5 model.latent_dim=32")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, data, model and paths as a run would, then stop: nothing is trained or written",
+    )
     p.set_defaults(func=cmd_fit)
     p = sub.add_parser(
         "tune",
@@ -131,8 +144,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; ``key.path=value`` overrides may stand anywhere, before or after options.
+
+    argparse stops filling a positional list at the first option
+    (``tune my.yaml --space s.yaml tune.scheduler=pbt``); the words left over
+    that are overrides are appended to ``overrides``, anything else is an error.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a or not hasattr(args, "overrides")]
+    if stray:
+        parser.error("unrecognized arguments: " + " ".join(stray))
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     try:
         return int(args.func(args))
     except GentrainError as e:

@@ -119,6 +119,9 @@ def _from_spec(key: str, spec: Mapping[str, Any]) -> Any:
             raise ConfigError.one(key, dict(spec), f"{name} takes a non-empty list of values")
         values = [_number(v) for v in args]
         return ray_tune.grid_search(values) if name == "grid_search" else ray_tune.choice(values)
+    problem = _range_problem(name, args)
+    if problem:
+        raise ConfigError.one(key, dict(spec), f"{name} takes {SPECS[name]}: {problem}")
     try:
         if isinstance(args, Mapping):
             return getattr(ray_tune, name)(**{k: _number(v) for k, v in args.items()})
@@ -127,6 +130,29 @@ def _from_spec(key: str, spec: Mapping[str, Any]) -> Any:
         return getattr(ray_tune, name)(*[_number(v) for v in args])
     except (TypeError, ValueError, AssertionError) as e:
         raise ConfigError.one(key, dict(spec), f"{name} takes {SPECS[name]}: {e}") from e
+
+
+def _range_problem(name: str, args: Any) -> str | None:
+    """What is wrong with a distribution's bounds (reversed, empty, not numbers, log of <= 0), or ``None``."""
+    values = [_number(v) for v in (args if isinstance(args, list) else [args])] if not isinstance(args, Mapping) else []
+    if isinstance(args, Mapping):
+        keys = ("mean", "sd") if name in ("randn", "qrandn") else ("lower", "upper")
+        values = [_number(args.get(k)) for k in keys if k in args]
+    if len(values) < 2:
+        return None  # Ray's own call names the missing arguments
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+        return f"its arguments must be finite numbers, got {values!r}"
+    if name in ("randn", "qrandn"):
+        return None if values[1] > 0 else f"sd must be greater than 0, got {values[1]!r}"
+    lower, upper = values[0], values[1]
+    if lower >= upper:
+        kind = "empty" if lower == upper else "reversed"
+        return f"the range [{lower!r}, {upper!r}] is {kind}: lower must be less than upper"
+    if "log" in name and lower <= 0:
+        return f"a log scale needs lower > 0, got {lower!r}"
+    if name.startswith("q") and len(values) >= 3 and not values[2] > 0:
+        return f"q must be greater than 0, got {values[2]!r}"
+    return None
 
 
 def _number(value: Any) -> Any:
