@@ -20,8 +20,18 @@ Inception (:class:`FeatureClassifier`, cached on disk):
   small sample sizes and a small classifier's features are not Inception's,
   so a model's figure means little alone: report it next to this floor
   (:func:`frechet_report` returns both);
+* :func:`kernel_distance` – KID, the unbiased kernel MMD² of the same features;
 * :func:`classifier_score` – the Inception-score analogue ``exp E_x KL(p(y|x) ‖ p(y))``;
-* :func:`class_accuracy` – whether class-conditional samples are of their class.
+* :func:`class_coverage` – the share of classes the samples represent;
+* :func:`class_accuracy` – whether class-conditional samples are of their class;
+  :func:`within_class_spread` – how varied they are within a class.
+
+The classifiers live in :mod:`engine.classifier` (re-exported here): trained
+with noise/blur augmentation and checked against a second, independently
+trained classifier. :func:`sample_figures` and :func:`sample_report` compute
+the sample metrics only when the two agree on the samples' class histogram
+(total variation ≤ 0.15); otherwise every figure is NaN and the reason is
+returned and logged, never a figure one classifier alone vouches for.
 
 Every function puts the model in eval mode under ``torch.no_grad`` (and
 restores its mode), accepts ``uint8`` or float images ``N×C×H×W`` and is
@@ -30,28 +40,50 @@ deterministic for a given ``seed``.
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
+import logging
 import math
-import os
-import re
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from engine.data import to_float
+from engine.classifier import (
+    MAX_DISAGREEMENT,
+    VERSION,
+    ClassifierPair,
+    FeatureClassifier,
+    _batches,
+    _check_images,
+    _device_of,
+    _evaluating,
+    augment,
+    class_accuracy,
+    class_histogram,
+    classifier_features,
+    classifier_score,
+    default_cache_dir,
+    histogram_disagreement,
+    histogram_of,
+    log_probs,
+    score_from_log_probs,
+)
+
+log = logging.getLogger(__name__)
 
 _LOG_2PI = math.log(2 * math.pi)
 
 __all__ = [
+    "MAX_DISAGREEMENT",
+    "SAMPLE_METRICS",
+    "VERSION",
+    "ClassifierPair",
     "FeatureClassifier",
     "GaussianLatentModel",
+    "augment",
     "class_accuracy",
+    "class_coverage",
+    "class_histogram",
     "classifier_features",
     "classifier_score",
     "default_cache_dir",
@@ -59,9 +91,16 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_from_stats",
     "frechet_report",
+    "histogram_disagreement",
     "iwae_bound",
+    "kernel_distance",
+    "load_reference",
+    "log_probs",
     "real_data_floor",
     "reconstruction_error",
+    "sample_figures",
+    "sample_report",
+    "within_class_spread",
 ]
 
 
@@ -79,49 +118,6 @@ class GaussianLatentModel(Protocol):
     def log_likelihood(self, x: Tensor, decoded: Tensor) -> Tensor:
         """``log p(x|z)`` per image, shape ``N``, normalising constants included."""
         ...
-
-
-# ---------------------------------------------------------------------------
-# helpers
-# ---------------------------------------------------------------------------
-
-
-def _device_of(model: Any) -> torch.device:
-    if isinstance(model, nn.Module):
-        for p in model.parameters():
-            return p.device
-        for b in model.buffers():
-            return b.device
-    return torch.device("cpu")
-
-
-@contextlib.contextmanager
-def _evaluating(model: Any) -> Iterator[None]:
-    """Eval mode and no autograd for the duration; the model's mode is restored after."""
-    was_training = bool(getattr(model, "training", False))
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if isinstance(model, nn.Module):
-            model.train(was_training)
-
-
-def _batches(images: Tensor, batch_size: int, device: torch.device) -> Iterator[Tensor]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
-    for start in range(0, len(images), batch_size):
-        yield to_float(images[start : start + batch_size]).to(device)
-
-
-def _check_images(images: Tensor) -> None:
-    if not isinstance(images, Tensor) or images.ndim != 4:
-        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"images must be a tensor N×C×H×W, got {shape}")
-    if len(images) == 0:
-        raise ValueError("images is empty")
 
 
 def _gaussian_encode(model: GaussianLatentModel, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -216,256 +212,6 @@ def iwae_bound(
             log_px = torch.logsumexp(torch.cat(log_w), dim=0) - math.log(k)
             total += float(-log_px.sum())
     return total / len(images)
-
-
-# ---------------------------------------------------------------------------
-# the feature classifier
-# ---------------------------------------------------------------------------
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/gentrain/classifiers`` (``~/.cache/gentrain/classifiers`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path("~/.cache").expanduser())
-    return Path(base) / "gentrain" / "classifiers"
-
-
-def _fingerprint(images: Tensor, labels: Tensor) -> str:
-    h = hashlib.sha256()
-    for t in (images, labels):
-        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
-        h.update(np.ascontiguousarray(t.detach().cpu().numpy()).tobytes())
-    return h.hexdigest()
-
-
-class _GlobalMaxAvgPool(nn.Module):
-    """``N×C×H×W`` -> ``N×2C``: the maximum and the mean of each channel over the image."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.cat([x.amax(dim=(2, 3)), x.mean(dim=(2, 3))], dim=1)
-
-
-def _conv_block(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
-
-
-class FeatureClassifier(nn.Module):
-    """A small CNN classifier whose penultimate layer serves as the feature space of
-    :func:`frechet_distance`, standing in for Inception on small images.
-
-    Three 3×3 conv layers with batch norm (``width``, ``2·width``, ``4·width``
-    channels, max-pooling between them), global max- and average-pooling
-    (position-invariant: small objects anywhere in the frame are found), a
-    ``feature_dim`` ReLU layer (the features) and a linear head. Any image
-    size from 4×4 up works.
-
-    Build one with :meth:`for_dataset` (trained once, then loaded from the
-    cache) or construct and :meth:`fit` it yourself.
-    """
-
-    FORMAT = 1
-
-    def __init__(self, shape: tuple[int, int, int], num_classes: int, width: int = 32, feature_dim: int = 128) -> None:
-        super().__init__()
-        if num_classes < 2:
-            raise ValueError(f"a classifier needs at least 2 classes, got {num_classes}")
-        c, h, w = shape
-        if min(h, w) < 4:
-            raise ValueError(f"images must be at least 4×4, got {h}×{w}")
-        self.shape = (int(c), int(h), int(w))
-        self.num_classes = int(num_classes)
-        self.width = int(width)
-        self.feature_dim = int(feature_dim)
-        self.val_accuracy = float("nan")
-        self.body = nn.Sequential(
-            *_conv_block(c, width),
-            nn.MaxPool2d(2),
-            *_conv_block(width, 2 * width),
-            nn.MaxPool2d(2),
-            *_conv_block(2 * width, 4 * width),
-            _GlobalMaxAvgPool(),
-            nn.Linear(8 * width, feature_dim),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(feature_dim, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate-layer features ``N×feature_dim`` of float images in ``[0, 1]``."""
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Class logits ``N×num_classes``."""
-        return self.head(self.body(x))
-
-    def fit(
-        self,
-        images: Tensor,
-        labels: Tensor,
-        *,
-        epochs: int = 5,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        val_fraction: float = 0.1,
-        seed: int = 0,
-    ) -> float:
-        """Train on ``images``/``labels`` with Adam; return the accuracy on a held-out ``val_fraction``.
-
-        Batches are shuffled from ``seed`` with a private generator: the global RNG is left untouched.
-        """
-        _check_images(images)
-        if len(labels) != len(images):
-            raise ValueError(f"{len(images)} images but {len(labels)} labels")
-        gen = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(images), generator=gen)
-        n_val = int(len(images) * val_fraction)
-        train_idx, val_idx = perm[n_val:], perm[:n_val]
-        device = _device_of(self)
-        optimizer = torch.optim.Adam(self.parameters(), lr=lr)
-        self.train()
-        for _ in range(epochs):
-            order = train_idx[torch.randperm(len(train_idx), generator=gen)]
-            for start in range(0, len(order), batch_size):
-                sel = order[start : start + batch_size]
-                x = to_float(images[sel]).to(device)
-                y = labels[sel].to(device)
-                loss = F.cross_entropy(self(x), y)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-        self.eval()
-        if n_val:
-            self.val_accuracy = class_accuracy(self, images[val_idx], labels[val_idx], batch_size=256)
-        return self.val_accuracy
-
-    # -- saving and the cache ------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        """Everything :meth:`from_state` needs, in types ``torch.load(weights_only=True)`` accepts."""
-        return {
-            "format": self.FORMAT,
-            "shape": list(self.shape),
-            "num_classes": self.num_classes,
-            "width": self.width,
-            "feature_dim": self.feature_dim,
-            "val_accuracy": self.val_accuracy,
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-
-    @classmethod
-    def from_state(cls, state: dict[str, Any]) -> FeatureClassifier:
-        if state.get("format") != cls.FORMAT:
-            raise ValueError(f"unknown classifier file format {state.get('format')!r} (expected {cls.FORMAT})")
-        c, h, w = state["shape"]
-        clf = cls((c, h, w), state["num_classes"], state["width"], state["feature_dim"])
-        clf.load_state_dict(state["state_dict"])
-        clf.val_accuracy = float(state["val_accuracy"])
-        return clf.eval()
-
-    def save(self, path: str | Path, **extra: Any) -> Path:
-        """Write :meth:`state` (plus ``extra`` plain values) atomically to ``path``."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({**self.state(), **extra}, tmp)
-        tmp.replace(path)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path) -> FeatureClassifier:
-        return cls.from_state(torch.load(path, map_location="cpu", weights_only=True))
-
-    @classmethod
-    def for_dataset(
-        cls,
-        key: str,
-        images: Tensor,
-        labels: Tensor,
-        num_classes: int,
-        *,
-        cache_dir: str | Path | None = None,
-        width: int = 32,
-        feature_dim: int = 128,
-        epochs: int = 5,
-        batch_size: int = 128,
-        lr: float = 1e-3,
-        seed: int = 0,
-    ) -> FeatureClassifier:
-        """The classifier of dataset ``key``: loaded from ``<cache_dir>/<key>.pt``, or trained and saved there.
-
-        The file records a fingerprint of ``images`` and ``labels`` and the
-        training settings; if they differ (the key was reused for other data),
-        the classifier is trained again and the file replaced.
-
-        :param key: names the dataset, e.g. ``"mnist-train"``; letters, digits, ``._-``.
-        :param cache_dir: default :func:`default_cache_dir`.
-        """
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", key):
-            raise ValueError(f"classifier key {key!r} must be letters, digits, '.', '_' or '-'")
-        path = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        path = path / f"{key}.pt"
-        settings: dict[str, float] = {"width": width, "feature_dim": feature_dim, "epochs": epochs}
-        settings.update(batch_size=batch_size, lr=lr, seed=seed)
-        fingerprint = _fingerprint(images, labels)
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if state.get("fingerprint") == fingerprint and state.get("settings") == settings:
-                return cls.from_state(state)
-        c, h, w = images.shape[1:]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            clf = cls((int(c), int(h), int(w)), num_classes, width=width, feature_dim=feature_dim)
-        clf.fit(images, labels, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
-        clf.save(path, fingerprint=fingerprint, settings=settings)
-        return clf
-
-
-def _logits_and_features(
-    classifier: FeatureClassifier, images: Tensor, batch_size: int
-) -> Iterator[tuple[Tensor, Tensor]]:
-    _check_images(images)
-    if tuple(images.shape[1:]) != classifier.shape:
-        raise ValueError(f"images are {tuple(images.shape[1:])} but the classifier was trained on {classifier.shape}")
-    device = _device_of(classifier)
-    with _evaluating(classifier):
-        for x in _batches(images, batch_size, device):
-            feats = classifier.features(x)
-            yield classifier.head(feats), feats
-
-
-def classifier_features(classifier: FeatureClassifier, images: Tensor, batch_size: int = 256) -> Tensor:
-    """Penultimate-layer features ``N×feature_dim`` (float32, on the CPU) of ``images``."""
-    return torch.cat([f.float().cpu() for _, f in _logits_and_features(classifier, images, batch_size)])
-
-
-def _log_probs(classifier: FeatureClassifier, images: Tensor, batch_size: int) -> Tensor:
-    return torch.cat(
-        [F.log_softmax(logits.double(), 1).cpu() for logits, _ in _logits_and_features(classifier, images, batch_size)]
-    )
-
-
-def classifier_score(classifier: FeatureClassifier, images: Tensor, batch_size: int = 256, splits: int = 1) -> float:
-    """``exp(E_x KL(p(y|x) ‖ p(y)))``, the Inception score with ``classifier`` in place of Inception.
-
-    Between 1 (every image looks alike to the classifier, or none is confidently
-    classified) and ``num_classes`` (confident and classes balanced). With
-    ``splits > 1`` it is the mean over that many equal parts, as is customary.
-    """
-    log_p = _log_probs(classifier, images, batch_size)
-    scores = []
-    for part in torch.tensor_split(log_p, splits):
-        if len(part) == 0:
-            raise ValueError(f"{len(log_p)} images cannot be cut into {splits} splits")
-        log_py = torch.logsumexp(part, 0) - math.log(len(part))
-        kl = (part.exp() * (part - log_py)).sum(1).mean()
-        scores.append(math.exp(float(kl)))
-    return float(np.mean(scores))
-
-
-def class_accuracy(classifier: FeatureClassifier, images: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    """Fraction of ``images`` the classifier assigns to ``labels`` (e.g. conditional samples and their classes)."""
-    if len(labels) != len(images):
-        raise ValueError(f"{len(images)} images but {len(labels)} labels")
-    pred = _log_probs(classifier, images, batch_size).argmax(1)
-    return float((pred == labels.cpu()).double().mean())
 
 
 # ---------------------------------------------------------------------------
@@ -574,3 +320,186 @@ def frechet_report(
         "frechet_real_floor": frechet_distance(held, train),
         "n": float(n),
     }
+
+
+# ---------------------------------------------------------------------------
+# KID, class coverage, spread within classes
+# ---------------------------------------------------------------------------
+
+
+def kernel_distance(
+    feats_a: Tensor | np.ndarray,
+    feats_b: Tensor | np.ndarray,
+    subsets: int = 10,
+    subset_size: int = 1000,
+    seed: int = 0,
+) -> float:
+    """KID: the unbiased squared MMD of two feature sets under the kernel ``(a·b/D + 1)³`` (Bińkowski et al. 2018).
+
+    Averaged over ``subsets`` random subsets of ``min(subset_size, N_a, N_b)``
+    features of each set. Unbiased: about 0 (it can be slightly negative) for
+    two samples of one distribution, whatever the sample size, which is why it
+    is read more easily than the Fréchet distance at small ``N``.
+    """
+    a, b = _as_float64(feats_a), _as_float64(feats_b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"features must be N×D with the same D, got {tuple(a.shape)} and {tuple(b.shape)}")
+    m = min(subset_size, len(a), len(b))
+    if m < 2:
+        raise ValueError("each feature set needs at least 2 samples")
+    d = a.shape[1]
+    gen = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(subsets):
+        x = a[torch.randperm(len(a), generator=gen)[:m]]
+        y = b[torch.randperm(len(b), generator=gen)[:m]]
+        kxx, kyy, kxy = ((p @ q.T / d + 1) ** 3 for p, q in ((x, x), (y, y), (x, y)))
+        off = m * (m - 1)
+        values.append(float((kxx.sum() - kxx.diagonal().sum()) / off + (kyy.sum() - kyy.diagonal().sum()) / off))
+        values[-1] -= float(2 * kxy.mean())
+    return float(np.mean(values))
+
+
+def class_coverage(histogram: Tensor, real_histogram: Tensor | None = None) -> float:
+    """The fraction of classes that receive at least half their real share of the samples.
+
+    1.0: every class is represented; ``1/K``: the samples are of one class (mode
+    collapse). ``real_histogram`` defaults to uniform classes.
+    """
+    h = histogram.double()
+    real = torch.full_like(h, 1.0 / len(h)) if real_histogram is None else real_histogram.double()
+    present = real > 0
+    return float(((h >= 0.5 * real) & present).double().sum() / present.double().sum())
+
+
+def within_class_spread(features: Tensor, labels: Tensor, num_classes: int) -> float:
+    """Mean squared distance of features to their class's mean, averaged over the classes present.
+
+    For conditional samples (``labels``: the classes asked for) next to the same
+    figure of real images: well below the real one means each class is a few
+    prototypes, not the class's variety.
+    """
+    f = _as_float64(features)
+    spreads = []
+    for k in range(num_classes):
+        part = f[labels.cpu() == k]
+        if len(part) >= 2:
+            spreads.append(float((part - part.mean(0)).pow(2).sum(1).mean()))
+    if not spreads:
+        raise ValueError("no class has 2 or more samples")
+    return float(np.mean(spreads))
+
+
+# ---------------------------------------------------------------------------
+# sample metrics behind the agreement check
+# ---------------------------------------------------------------------------
+
+#: What :func:`sample_figures` can compute; ``label_accuracy`` only for class-conditional samples.
+SAMPLE_METRICS = ("frechet", "kid", "classifier_score", "class_coverage", "label_accuracy")
+
+
+def sample_figures(
+    pair: ClassifierPair,
+    fake_features: Tensor,
+    fake_log_probs: Tensor,
+    check_log_probs: Tensor,
+    reference_features: Tensor,
+    *,
+    names: tuple[str, ...] | list[str] = SAMPLE_METRICS,
+    labels: Tensor | None = None,
+    real_histogram: Tensor | None = None,
+    seed: int = 0,
+) -> tuple[dict[str, float], str | None]:
+    """Sample metrics from what the two classifiers said about the same generated images.
+
+    :param fake_features: the feature classifier's features of the samples.
+    :param fake_log_probs: its ``log p(y|x)``; ``check_log_probs`` the check classifier's.
+    :param reference_features: features of real (training) images, the reference of
+        ``frechet`` and ``kid``.
+    :param labels: the classes the samples were drawn for (conditional models): adds
+        ``label_accuracy``.
+    :returns: ``({name: value, "classifier_disagreement": tv}, reason)``. When the two
+        classifiers' class histograms differ by more than ``pair.max_disagreement``
+        (total variation), every requested figure is NaN and ``reason`` says why;
+        otherwise ``reason`` is None.
+    """
+    unknown = sorted(set(names) - set(SAMPLE_METRICS))
+    if unknown:
+        raise ValueError(f"unknown sample metrics {unknown}; known: {', '.join(SAMPLE_METRICS)}")
+    tv = histogram_disagreement(histogram_of(fake_log_probs), histogram_of(check_log_probs))
+    reason = pair.reason(tv)
+    out: dict[str, float] = {"classifier_disagreement": tv}
+    for name in names:
+        if name == "label_accuracy" and labels is None:
+            continue
+        if reason is not None:
+            out[name] = math.nan
+        elif name == "frechet":
+            out[name] = frechet_distance(fake_features, reference_features)
+        elif name == "kid":
+            out[name] = kernel_distance(fake_features, reference_features, seed=seed)
+        elif name == "classifier_score":
+            out[name] = score_from_log_probs(fake_log_probs)
+        elif name == "class_coverage":
+            out[name] = class_coverage(histogram_of(fake_log_probs), real_histogram)
+        else:
+            assert labels is not None
+            out[name] = float((fake_log_probs.argmax(1) == labels.cpu()).double().mean())
+    return out, reason
+
+
+def sample_report(
+    pair: ClassifierPair,
+    generated: Tensor,
+    train_images: Tensor,
+    heldout_images: Tensor,
+    *,
+    labels: Tensor | None = None,
+    names: tuple[str, ...] | list[str] = SAMPLE_METRICS,
+    seed: int = 0,
+    batch_size: int = 256,
+) -> dict[str, Any]:
+    """:func:`sample_figures` of ``generated`` next to what held-out real images score, at the same ``n``.
+
+    ``n = min(len(generated), len(heldout_images), len(train_images))``; ``n``
+    training images are the reference of both. Returns the figures, their
+    ``real_<name>`` counterparts, ``n`` and ``reason`` (None, or why the figures
+    are NaN); a withheld figure is also logged as a warning.
+    """
+    n = min(len(generated), len(heldout_images), len(train_images))
+    if n < 2:
+        raise ValueError(f"need at least 2 images in each set, got n={n}")
+    gen = torch.Generator().manual_seed(seed)
+    ref = classifier_features(pair.main, _pick(train_images, n, gen), batch_size)
+    held = _pick(heldout_images, n, gen)
+    order = torch.randperm(len(generated), generator=gen)[:n]
+    fake = generated[order]
+    fake_labels = labels[order] if labels is not None else None
+    real_hist = class_histogram(pair.main, held, batch_size)
+
+    def figures(images: Tensor, wanted: Tensor | None) -> tuple[dict[str, float], str | None]:
+        return sample_figures(
+            pair,
+            classifier_features(pair.main, images, batch_size),
+            log_probs(pair.main, images, batch_size),
+            log_probs(pair.check_classifier, images, batch_size),
+            ref,
+            names=names,
+            labels=wanted,
+            real_histogram=real_hist,
+            seed=seed,
+        )
+
+    out, reason = figures(fake, fake_labels)
+    if reason is not None:
+        log.warning("sample metrics: %s", reason)
+    real, _ = figures(held, None)
+    report: dict[str, Any] = {**out, **{f"real_{k}": v for k, v in real.items()}, "n": n, "reason": reason}
+    return report
+
+
+def load_reference(data: Any, plugins: Any) -> tuple[Any, Any]:
+    """``(train, held-out)`` :class:`engine.ImageData` of a run's ``data`` config, split as the loop splits it."""
+    from engine.data import load_data, split
+
+    return split(load_data(data, plugins), data)

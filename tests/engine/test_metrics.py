@@ -189,7 +189,7 @@ def shapes_data() -> dict[str, Tensor]:
     return {"images": images, "labels": labels, "held_images": held_images, "held_labels": held_labels}
 
 
-CLASSIFIER_ARGS: dict[str, Any] = {"width": 8, "feature_dim": 32, "epochs": 10, "batch_size": 64, "lr": 3e-3}
+CLASSIFIER_ARGS: dict[str, Any] = {"width": 8, "feature_dim": 32, "epochs": 15, "batch_size": 64, "lr": 3e-3}
 
 
 @pytest.fixture(scope="module")
@@ -222,7 +222,7 @@ def test_feature_classifier_is_cached_and_loads_with_weights_only(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     cache = cache_dir
-    path = cache / "shapes-32.pt"
+    path = FeatureClassifier.cache_path("shapes-32", cache)
     state = torch.load(path, weights_only=True)
     assert set(state) >= {"state_dict", "fingerprint", "settings", "shape", "num_classes"}
 
