@@ -4,7 +4,9 @@
 
     gentrain fit [CONFIG.yaml | RECIPE.py] [key.path=value ...]
     gentrain tune [CONFIG.yaml | RECIPE.py] [key.path=value ...] --space SPACE.yaml [--resume]
-    gentrain plugins
+    gentrain plugins [-v] [--json]
+    gentrain config show [CONFIG.yaml | RECIPE.py] [key.path=value ...] [--json]
+    gentrain new-plugin NAME [--dir DIR]
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from engine.plugins import current
 
     pm = current()
+    if args.verbose or args.json:
+        from engine import describe
+
+        data = describe.describe(pm)
+        print(describe.to_json(data) if args.json else describe.to_text(data))
+        return 0
     registries = (("models", pm.models), ("losses", pm.losses), ("datasets", pm.datasets))
     for name, info in sorted(pm.info.items(), key=lambda kv: (not kv[1].builtin, kv[0])):
         origin = "built-in" if info.builtin else (info.dist or "GENTRAIN_PLUGINS")
@@ -111,6 +119,29 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         events = [h for h in info.hooks if h.startswith("gentrain_on_") or h == "gentrain_make_optimizer"]
         if events:
             print("  trainer hooks: " + ", ".join(events))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    import json
+
+    from engine.describe import config_show
+    from engine.plugins import current
+    from engine.recipes import switch_model
+
+    source, overrides = args.config, list(args.overrides)
+    if source is not None and "=" in source and not Path(source).exists():
+        source, overrides = None, [source, *overrides]
+    config = config_show(switch_model(load_config_source(source), overrides), overrides, current())
+    print(json.dumps(config.to_dict(), indent=2) if args.json else config.to_yaml(), end="" if not args.json else "\n")
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from engine.scaffold import new_plugin
+
+    root = new_plugin(args.name, Path(args.dir))
+    print(f"wrote {root}: pip install -e {root} && pytest {root}")
     return 0
 
 
@@ -140,7 +171,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="Ray Tune's console output")
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("plugins", help="list plugins and what they registered")
+    p.add_argument("-v", "--verbose", action="store_true", help="every model, loss, dataset and option with its fields")
+    p.add_argument("--json", action="store_true", help="the -v listing as JSON")
     p.set_defaults(func=cmd_plugins)
+    p = sub.add_parser("config", help="show the resolved config a command would run with")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    p = csub.add_parser("show", help="print the full resolved config (YAML) of a config file, recipe and overrides")
+    p.add_argument("config", nargs="?", help="a YAML config or a recipe .py defining CONFIG (optional)")
+    p.add_argument("overrides", nargs="*", help="key.path=value, e.g. model.name=vae trainer.epochs=5")
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+    p.set_defaults(func=cmd_config_show)
+    p = sub.add_parser("new-plugin", help="write a plugin package (model, entry point, contract test, README)")
+    p.add_argument("name", help="the model's registered name and the package's base name (a Python identifier)")
+    p.add_argument("--dir", default=".", help="where to create the package folder (default: here)")
+    p.set_defaults(func=cmd_new_plugin)
     return parser
 
 

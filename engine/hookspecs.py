@@ -32,6 +32,16 @@ if TYPE_CHECKING:
     from engine.trainer import Trainer
 
 PROJECT = "gentrain"
+API_VERSION = "1"
+"""The plugin API these hooks, :class:`engine.Model` and the registries make up.
+
+A plugin declares the version it is written against as a module attribute
+``gentrain_api = "1"`` (on the entry point's module, or on the plugin object);
+the engine refuses a plugin that declares another version with a
+:class:`~engine.errors.PluginError`. A plugin that declares none is loaded as
+written against the current version. The number changes only when a change
+would break existing plugins.
+"""
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 

@@ -9,8 +9,6 @@ import pytest
 
 from tests.adversarial.conftest import TINY, refused
 
-BOMB = "[" + ", ".join(["&a [1,1,1,1,1,1,1,1,1,1]"] + ["&b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]"]) + "]"
-
 
 def _bomb(levels: int = 7) -> str:
     parts = ["&l0 [x, x, x, x, x, x, x, x, x, x]"]
@@ -131,7 +129,9 @@ def test_cross_section_rules(cli: Any, tmp_path: Path, overrides: list[str], nam
 def test_per_optimizer_names_an_optimizer_the_model_has(cli: Any, tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["fit", *TINY, "model.name=twonets", f"run.output_dir={out}"]
-    refused(cli([*args, "optim.per_optimizer.dics.lr=0.1"]), "optim.per_optimizer.dics", "did you mean 'disc'", absent=[out])
+    refused(
+        cli([*args, "optim.per_optimizer.dics.lr=0.1"]), "optim.per_optimizer.dics", "did you mean 'disc'", absent=[out]
+    )
     ok = cli([*args, "optim.per_optimizer.disc.lr=0.1", "--check"])
     assert ok.code == 0, ok.err
     assert not out.exists()
