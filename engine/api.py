@@ -11,6 +11,7 @@ import torch
 
 from engine import rundir
 from engine.config import RunConfig
+from engine.errors import GentrainError, TrainingError
 from engine.plugins import PluginManager, using
 from engine.prepare import check, prepare, prepare_run
 from engine.trainer import WorkerEnv
@@ -56,7 +57,16 @@ def fit(
             else:
                 # In-process: the config, data, model and plugins prepared above are used as they are.
                 device = torch.device("cuda") if run_config.scaling.use_gpu else torch.device("cpu")
-                metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset, model=model)
+                try:
+                    metrics = loop.train(run_config, WorkerEnv(device=device), pm, data=dataset, model=model)
+                except (GentrainError, KeyboardInterrupt):
+                    raise
+                except Exception as e:  # raised by the model or another plugin's code: one line, not a traceback
+                    entry = pm.models.get(run_config.model.name)
+                    raise TrainingError(
+                        f"run {run_config.run.name!r} (model {entry.name!r} of plugin {entry.plugin!r}) failed "
+                        f"while training: {type(e).__name__}: {e}"
+                    ) from e
         except BaseException:
             rundir.remove_if_unstarted(run_dir, existed)  # a failure before the first checkpoint leaves nothing
             raise

@@ -137,11 +137,39 @@ def check_state(state: dict[str, Any], path: Path) -> None:
             raise CheckpointError(f"checkpoint {path} holds a malformed RNG state (rank {rank}); it is damaged")
 
 
+_START_OVER = "resume with the config of that run, or start over with run.resume=never (it moves the old run aside)"
+
+
+def check_model(state: dict[str, Any], trainer: Any, path: Path) -> None:
+    """Refuse a checkpoint of another model, or of this model with other parameter shapes (a changed model config)."""
+    name = trainer.config.model.name
+    if state["model_name"] != name:
+        raise CheckpointError(f"checkpoint {path} is of model {state['model_name']!r}, but this run trains {name!r}")
+    with trainer.unwrapped() as model:
+        ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items() if isinstance(v, torch.Tensor)}
+    if ours != theirs:
+        missing, extra = sorted(set(ours) - set(theirs)), sorted(set(theirs) - set(ours))
+        shapes = [f"{k} {theirs[k]} vs {ours[k]}" for k in sorted(set(ours) & set(theirs)) if ours[k] != theirs[k]]
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {', '.join(missing[:3])}" if missing else "",
+                f"unexpected {', '.join(extra[:3])}" if extra else "",
+                f"shapes {', '.join(shapes[:3])}" if shapes else "",
+            )
+            if part
+        )
+        raise CheckpointError(
+            f"checkpoint {path} does not fit this model (was the model config changed?): {detail}; {_START_OVER}"
+        )
+
+
 def check_optimizers(state: dict[str, Any], optimizers: dict[str, torch.optim.Optimizer], path: Path) -> None:
     """Refuse a checkpoint whose optimizers are not those this run builds (names, classes, parameter groups)."""
     saved = state["optimizers"]
     for name, opt in optimizers.items():
-        hint = "resume with the optim settings of that run, or start over with run.resume=never"
+        hint = _START_OVER
         if name not in saved:
             raise CheckpointError(
                 f"checkpoint {path} has no state for optimizer {name!r} (it has {sorted(saved)}); {hint}"
@@ -159,14 +187,14 @@ def check_optimizers(state: dict[str, Any], optimizers: dict[str, torch.optim.Op
                 )
 
 
-def load_resumable(
-    newest: str | Path, optimizers: dict[str, torch.optim.Optimizer] | None = None, *, say: bool = True
-) -> dict[str, Any]:
+def load_resumable(newest: str | Path, trainer: Any = None) -> dict[str, Any]:
     """The state of ``newest``, or of the newest older checkpoint beside it that is readable.
 
     A file that is unreadable, truncated or missing entries is passed over for
     the previous one (one line says so); a checkpoint that reads but does not
-    fit this run (another optimizer) is an error, as an older one would not fit either.
+    fit this run (another model, another model config, another optimizer) is an
+    error, as an older one would not fit either. ``trainer``: the run's
+    :class:`~engine.trainer.Trainer` (its model, optimizers, and whether this rank speaks).
     """
     newest = Path(newest)
     older = [p for p in list_checkpoints(newest.parent) if p.name < newest.name] if _NAME.match(newest.name) else []
@@ -178,10 +206,11 @@ def load_resumable(
         except CheckpointError as e:
             first = first or e
             continue
-        if path != newest and say:
+        if path != newest and (trainer is None or trainer.is_rank_zero):
             print(f"gentrain: {first}; resuming from the previous checkpoint, {path.name}", file=sys.stderr)
-        if optimizers is not None:
-            check_optimizers(state, optimizers, path)
+        if trainer is not None:
+            check_model(state, trainer, path)
+            check_optimizers(state, trainer.optimizers, path)
         return state
     assert first is not None
     raise first

@@ -138,7 +138,7 @@ def train(
     # -- resume --------------------------------------------------------------
     resume_from = find_resume(trainer, env)
     if resume_from is not None:
-        restore(trainer, ckpt.load_resumable(resume_from, trainer.optimizers, say=trainer.is_rank_zero))
+        restore(trainer, ckpt.load_resumable(resume_from, trainer))
     else:
         # Per-rank streams for dropout and other torch.rand calls.
         seed_everything(t.seed + 7919 * env.rank)
@@ -243,9 +243,9 @@ def train_step(
                 # Gradients are all-reduced only on the last micro-batch, and
                 # only for the sub-networks this phase updates.
                 with sync_context(trainer, phase_modules[phase.name], last=i == k - 1), autocast:
-                    losses = model.training_step(batch, phase.name)
+                    losses, loss = trainer.training_step(model, batch, phase.name)  # the model's output is checked
                     # x / 1 == x exactly: skip the op and its backward node when not accumulating.
-                    loss = trainer.loss_of(losses, phase.name) / k if k > 1 else trainer.loss_of(losses, phase.name)
+                    loss = loss / k if k > 1 else loss
                 scaler = trainer.scalers.get(phase.optimizer_name)
                 (scaler.scale(loss) if scaler else loss).backward()
                 stacked = add_logged_losses(phase_losses, losses, k)

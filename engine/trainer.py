@@ -123,6 +123,11 @@ class Trainer:
     def checkpoint_dir(self) -> Path:
         return self.run_dir / "checkpoints"
 
+    def training_step(self, model: Any, batch: Any, phase: str) -> tuple[dict[str, Tensor], Tensor]:
+        """``model.training_step(batch, phase)`` and its ``"loss"``, checked against the contract."""
+        losses = model.training_step(batch, phase)
+        return losses, self.loss_of(losses, phase)
+
     def loss_of(self, losses: Any, phase: str) -> Tensor:
         """``losses["loss"]`` of a ``training_step``; a :class:`PluginError` naming model, plugin and what was wrong."""
         loss = losses.get("loss") if isinstance(losses, dict) else None
