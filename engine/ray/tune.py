@@ -61,6 +61,7 @@ import torch
 
 from engine.config import RunConfig, ScalingConfig, TuneSection, build_raw, resolve, set_dotted
 from engine.errors import ConfigError, suggest
+from engine.paths import resolve_output_dir
 from engine.plugins import PluginManager, using
 from engine.prepare import prepare
 from engine.ray import cluster
@@ -108,7 +109,7 @@ def tune(
         raw = build_raw(raw, overrides)
         given = resolve(raw, pm)
         space = normalize_space(search_space or {})
-        output_dir = Path(given.run.output_dir).expanduser().resolve()
+        output_dir = Path(resolve_output_dir(given.run.output_dir))
         scheduler = search_alg = None
         if resume:
             experiment_dir = _find_experiment(output_dir, given)
@@ -215,6 +216,9 @@ def known_metrics(config: RunConfig, dataset: Any, plugins: PluginManager) -> se
     except Exception as e:  # a model that cannot run on four images: the trials will tell
         log.debug("could not list the metrics of %s: %s", config.model.name, e)
         return None
+    # Metrics plugins add at the end of validation (the sample metrics, say).
+    for added in plugins.hook.gentrain_validation_metrics(config=config):
+        keys |= set(added or ())
     return keys
 
 
