@@ -22,6 +22,7 @@ import contextlib
 import importlib
 import importlib.metadata as md
 import os
+import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ from typing import Any
 import pluggy
 
 from engine import hookspecs
-from engine.errors import GentrainError, PluginError
+from engine.errors import GentrainError, PluginError, suggest
 from engine.registry import Registry
 
 ENTRY_POINT_GROUP = "gentrain"
@@ -100,6 +101,15 @@ class PluginManager:
         except ValueError as e:  # pluggy: name or object already registered
             raise PluginError(f"plugin {name!r} cannot be registered: {e}") from e
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        declared = getattr(plugin, "gentrain_api", None) or getattr(sys.modules.get(module), "gentrain_api", None)
+        if declared is not None and str(declared) != hookspecs.API_VERSION:
+            self.pm.unregister(name=name)
+            where = f"{dist} {version}" if dist else module
+            raise PluginError(
+                f"plugin {name!r} ({where}) is written for gentrain plugin API {str(declared)!r}, but this gentrain "
+                f"{_version(DIST_NAME)} provides API {hookspecs.API_VERSION!r}; install a version of the plugin "
+                f"for API {hookspecs.API_VERSION!r}, or block it with {BLOCK_ENV}={name}"
+            )
         self.info[name] = PluginInfo(name, module, dist, version, builtin)
 
     def block(self, names: Iterable[str]) -> None:
@@ -160,8 +170,11 @@ class PluginManager:
             self.pm.check_pending()
         except pluggy.PluginValidationError as e:
             plugin = self.pm.get_name(e.plugin) if e.plugin is not None else "?"
+            found = re.search(r"unknown hook '([^']+)'", str(e))
+            hooks = [n for n in dir(hookspecs) if n.startswith("gentrain_")]
+            hint = suggest(found.group(1), hooks) if found else ""
             raise PluginError(
-                f"plugin {plugin!r} implements an unknown hook: {e}. "
+                f"plugin {plugin!r} implements an unknown hook: {e}{hint}. "
                 f"Hook names start with 'gentrain_'; see engine/hookspecs.py"
             ) from e
         order = {name: i for i, name in enumerate(self.info)}
