@@ -43,6 +43,15 @@ def resolve_output_dir(output_dir: str | os.PathLike[str], *, cwd: str | os.Path
     submit of the same ``run.name`` resumes the run. That is printed once per
     process and place: ``gentrain: outputs under ...``.
     """
+    if "://" in str(output_dir):
+        from engine.errors import ConfigError
+
+        raise ConfigError.one(
+            "run.output_dir",
+            str(output_dir),
+            "must be a filesystem path (on a cluster: shared storage such as NFS or EFS, mounted at the same "
+            "path on every node); URIs like s3:// are not supported for writing runs",
+        )
     path = Path(output_dir).expanduser()
     if path.is_absolute():
         return str(path.resolve())

@@ -91,3 +91,10 @@ def test_prepare_puts_a_job_run_under_the_home(home: Path, job_cwd: Path, capsys
     run_config, _ = engine.prepare(config, ["run.name=job", "trainer.batch_size=8"])
     assert run_config.run.output_dir == str(home / "gentrain-runs" / "runs")
     assert "gentrain: outputs under" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/runs", "gs://b/r", "file:///tmp/x"])
+def test_a_uri_output_dir_is_refused_by_name(uri: str) -> None:
+
+    with pytest.raises(engine.ConfigError, match=r"run\.output_dir.*filesystem path.*not supported"):
+        resolve_output_dir(uri)
