@@ -69,7 +69,7 @@ from engine.config import (
     RunConfig,
     resolve,
 )
-from engine.data import ImageData
+from engine.data import ImageData, StreamingData
 from engine.errors import CheckpointError, ConfigError, DataError, GentrainError, PluginError, TrainingError, suggest
 from engine.hookspecs import API_VERSION, hookimpl
 from engine.losses import get_loss
@@ -92,6 +92,7 @@ __all__ = [
     "FitResult",
     "GentrainError",
     "ImageData",
+    "StreamingData",
     "LossName",
     "Model",
     "ModelConfig",

@@ -1,221 +1,207 @@
 """Datasets and loaders.
 
-A dataset plugin registers ``factory(config, data) -> ImageData`` under a
-name (``data.name``). Small datasets live in memory as uint8 tensors and are
+A dataset plugin registers ``factory(config, data) -> ImageData | StreamingData``
+under a name (``data.name``). Small datasets live in memory as uint8 tensors and are
 batched by :class:`MemoryLoader`: a shuffled index tensor sliced per batch, no
 per-sample Python, sharded across ranks exactly like ``DistributedSampler``
 (rank ``r`` of ``w`` takes positions ``r, r+w, ...`` of each epoch's
 permutation), so ``w`` workers with batch ``B`` see the same samples per step
 as one worker with batch ``w·B``.
+
+A dataset too large for memory (or read from files) is a :class:`StreamingData`:
+a ``torch.utils.data.Dataset`` (map-style, or an ``IterableDataset`` for a
+stream) with its :class:`~engine.model.DataSpec` and length known without
+reading any item. :func:`choose_loader` picks the path (``data.loader``):
+``memory`` (decoded once, then :class:`MemoryLoader`), ``dataloader``
+(:class:`DataLoaderAdapter`: items decoded in ``DataLoader`` worker processes)
+or ``ray_data`` (:class:`RayShardLoader`: each Ray Train worker streams its
+shard of a Ray Dataset). The map-style paths take the same positions of the
+same per-epoch permutation (:func:`epoch_order`), so a resumed run
+(``iter_from(batch_in_epoch)``) sees exactly the batches it would have seen.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from engine.config import DataConfig
 from engine.errors import ConfigError, DataError
-from engine.model import Batch, DataSpec
+from engine.loaders import (
+    DEVICE_RESIDENT_BYTES,
+    AnyData,
+    Augment,
+    DataLoaderAdapter,
+    ImageData,
+    MemoryLoader,
+    PositionSampler,
+    RayShardLoader,
+    StreamingData,
+    _bad_files,
+    _collate,
+    _Items,
+    _StreamBatches,
+    batches_per_rank,
+    epoch_order,
+    to_float,
+)
+
+__all__ = [
+    "AUTO_MEMORY_BYTES",
+    "DEVICE_RESIDENT_BYTES",
+    "AnyData",
+    "Augment",
+    "DataLoaderAdapter",
+    "ImageData",
+    "MemoryLoader",
+    "PositionSampler",
+    "RayShardLoader",
+    "StreamingData",
+    "batches_per_rank",
+    "check_loader",
+    "choose_loader",
+    "epoch_order",
+    "load_data",
+    "load_dataset",
+    "make_loader",
+    "materialize",
+    "split",
+    "to_float",
+]
 
 
-@dataclass
-class ImageData:
-    """A whole dataset in memory: uint8 (or float in [0, 1]) images ``N×C×H×W`` and int64 labels."""
-
-    images: Tensor
-    labels: Tensor
-    num_classes: int | None
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        if self.images.ndim != 4:
-            raise ValueError(f"dataset {self.name!r}: images must be N×C×H×W, got shape {tuple(self.images.shape)}")
-        if len(self.labels) != len(self.images):
-            raise ValueError(f"dataset {self.name!r}: {len(self.images)} images but {len(self.labels)} labels")
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    @property
-    def spec(self) -> DataSpec:
-        c, h, w = self.images.shape[1:]
-        return DataSpec(shape=(int(c), int(h), int(w)), num_classes=self.num_classes, name=self.name)
-
-    def subset(self, index: Tensor) -> ImageData:
-        return ImageData(self.images[index], self.labels[index], self.num_classes, self.name)
+#: ``data.loader=auto`` decodes a map-style dataset into memory once when it is at most this large (bytes).
+AUTO_MEMORY_BYTES = 512 << 20
 
 
-def to_float(images: Tensor) -> Tensor:
-    """uint8 ``[0, 255]`` -> float32 ``[0, 1]``; float input is returned as float32."""
-    if images.dtype == torch.uint8:
-        return images.float().div_(255.0)
-    return images.float()
+def choose_loader(dataset: AnyData, data: DataConfig) -> str:
+    """The path ``data.loader`` means for ``dataset``: ``memory``, ``dataloader`` or ``ray_data``."""
+    if data.loader != "auto":
+        return data.loader
+    if isinstance(dataset, ImageData):
+        return "memory"
+    fits = dataset.length * dataset.spec.numel <= AUTO_MEMORY_BYTES
+    return "memory" if fits and not dataset.iterable and dataset.augment is None else "dataloader"
 
 
-def load_data(data: DataConfig, plugins: Any) -> ImageData:
-    """Build the dataset ``data.name`` through its registered factory, then apply ``data.limit``."""
+def _from_plugin(data: DataConfig, plugins: Any) -> AnyData:
     entry = plugins.datasets.get(data.name)
     try:
-        dataset: ImageData = entry.obj(data.params, data)
+        dataset: AnyData = entry.obj(data.params, data)
     except DataError as exc:
         # The reader knows the file; the user needs the config fields that led to it.
-        where = f"data.name = {data.name!r}" + (f", data.root = {data.root!r}" if data.root else "")
-        raise DataError(f"{where}: {exc}") from exc
-    if data.limit is not None:
-        dataset = dataset.subset(torch.arange(min(data.limit, len(dataset))))
+        raise DataError(f"{_where(data)}: {exc}") from exc
+    if data.limit is not None and data.limit < len(dataset):
+        if isinstance(dataset, StreamingData) and dataset.iterable:
+            dataset = StreamingData(**{**dataset.__dict__, "length": data.limit})
+        else:
+            dataset = dataset.subset(torch.arange(data.limit))
     return dataset
 
 
-def split(dataset: ImageData, data: DataConfig) -> tuple[ImageData, ImageData]:
-    """Deterministic train/validation split from ``data.split_seed`` and ``data.val_fraction``."""
+def _where(data: DataConfig) -> str:
+    return f"data.name = {data.name!r}" + (f", data.root = {data.root!r}" if data.root else "")
+
+
+def load_dataset(data: DataConfig, plugins: Any) -> AnyData:
+    """The dataset ``data.name`` for training, ``data.limit`` applied, as the loader choice wants it.
+
+    A :class:`StreamingData` that :func:`choose_loader` puts in memory is decoded here
+    (with ``data.loader_workers`` processes) and comes back as :class:`ImageData`.
+    """
+    dataset = _from_plugin(data, plugins)
+    check_loader(dataset, data)
+    if isinstance(dataset, StreamingData) and choose_loader(dataset, data) == "memory":
+        return _materialized(dataset, data)
+    return dataset
+
+
+def load_data(data: DataConfig, plugins: Any) -> ImageData:
+    """The dataset ``data.name`` in memory, ``data.limit`` applied (what evaluation and metrics read).
+
+    A :class:`StreamingData` is decoded whole, its random transforms as in epoch 0 of seed 0.
+    """
+    dataset = _from_plugin(data, plugins)
+    return dataset if isinstance(dataset, ImageData) else _materialized(dataset, data)
+
+
+def _materialized(dataset: StreamingData, data: DataConfig) -> ImageData:
+    try:
+        return materialize(dataset, data)
+    except DataError as exc:
+        raise DataError(f"{_where(data)}: {exc}") from exc
+
+
+def check_loader(dataset: AnyData, data: DataConfig) -> None:
+    """A loader choice that cannot work on ``dataset``, as a :class:`ConfigError` on ``data.loader``."""
+    if isinstance(dataset, ImageData):
+        if data.loader == "ray_data":
+            raise ConfigError.one(
+                "data.loader", "ray_data", f"dataset {dataset.name!r} is read into memory; use memory or dataloader"
+            )
+        return
+    if data.loader == "memory" and dataset.augment is not None:
+        why = "would freeze the random transforms (random_crop, hflip) at epoch 0; use dataloader"
+        raise ConfigError.one("data.loader", "memory", why)
+    if data.loader == "memory" and dataset.iterable:
+        raise ConfigError.one("data.loader", "memory", f"dataset {dataset.name!r} is a stream; use dataloader")
+    if data.loader == "ray_data" and dataset.to_ray is None:
+        raise ConfigError.one("data.loader", "ray_data", f"dataset {dataset.name!r} cannot be read by Ray Data")
+
+
+def materialize(dataset: StreamingData, data: DataConfig) -> ImageData:
+    """Decode every item of a map-style ``dataset`` into one uint8 tensor (bad files as ``data.on_bad_file``)."""
+    from torch.utils.data import DataLoader
+
+    c, h, w = dataset.spec.shape
+    images = torch.empty((dataset.length, c, h, w), dtype=torch.uint8)
+    labels = torch.empty(dataset.length, dtype=torch.int64)
+    loader: Any
+    if dataset.iterable:
+        loader = _StreamBatches(dataset, 256, rank=0, world_size=1, drop_last=False)
+    else:
+        loader = DataLoader(
+            _Items(dataset, seed=0),
+            batch_size=256,
+            sampler=[(i, 0) for i in range(dataset.length)],
+            num_workers=data.loader_workers,
+            collate_fn=_collate,
+        )
+    n = 0
+    for x, y, bad in loader:
+        _bad_files(bad, data.on_bad_file)
+        if x is not None:
+            images[n : n + len(x)], labels[n : n + len(x)] = x, y
+            n += len(x)
+    if n == 0:
+        raise DataError(f"every one of the {dataset.length} files was unreadable")
+    return ImageData(images[:n], labels[:n], dataset.num_classes, dataset.name)
+
+
+def split(dataset: AnyData, data: DataConfig) -> tuple[Any, Any]:
+    """Deterministic train/validation split from ``data.split_seed`` and ``data.val_fraction``.
+
+    A stream is split by position: its first ``round(n · val_fraction)`` items are held out.
+    """
     n = len(dataset)
     n_val = round(n * data.val_fraction)
     if data.val_fraction > 0 and n_val == 0:
         n_val = 1
     if n - n_val < 1:
         raise ConfigError.one("data.val_fraction", data.val_fraction, f"leaves no training images out of {n}")
+    if isinstance(dataset, StreamingData) and dataset.iterable:
+        fields = dataset.__dict__
+        return (
+            StreamingData(**{**fields, "length": n - n_val, "start": dataset.start + n_val}),
+            StreamingData(**{**fields, "length": n_val}),
+        )
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(data.split_seed))
     return dataset.subset(perm[n_val:]), dataset.subset(perm[:n_val])
 
 
-#: An in-memory dataset up to this size (bytes, as stored) is moved to the GPU whole.
-DEVICE_RESIDENT_BYTES = 1 << 30
-
-
-class MemoryLoader:
-    """Batches of an in-memory dataset for one rank.
-
-    :param shuffle: reshuffle every epoch from ``(seed, epoch)``; no RNG state is
-        consumed, so resuming at any epoch reproduces the order.
-    :param drop_last: drop the last partial batch (training); validation keeps it.
-    """
-
-    def __init__(
-        self,
-        data: ImageData,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = True,
-        device: torch.device | None = None,
-    ) -> None:
-        self.data = data
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.drop_last = drop_last
-        self.device = device or torch.device("cpu")
-        self.epoch = 0
-        if self.device.type == "cuda":
-            if data.images.numel() * data.images.element_size() <= DEVICE_RESIDENT_BYTES:
-                # Small enough to live on the GPU (as uint8): batches are gathered there, no copy per batch.
-                images, labels = data.images.to(self.device), data.labels.to(self.device)
-            else:
-                # Pinned host memory for the per-batch copies.
-                images, labels = data.images.pin_memory(), data.labels.pin_memory()
-            self.data = ImageData(images, labels, data.num_classes, data.name)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _indices(self) -> Tensor:
-        n = len(self.data)
-        if self.shuffle:
-            gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        else:
-            order = torch.arange(n)
-        if self.drop_last:
-            order = order[: n - n % self.world_size]
-        return order[self.rank :: self.world_size]
-
-    def __len__(self) -> int:
-        per_rank = len(self.data) // self.world_size if self.drop_last else -(-len(self.data) // self.world_size)
-        if self.drop_last:
-            return per_rank // self.batch_size
-        return -(-per_rank // self.batch_size)
-
-    def iter_from(self, start: int = 0) -> Iterator[Batch]:
-        """Yield batches of this epoch, beginning with batch number ``start``."""
-        idx = self._indices().to(self.data.images.device)
-        for b in range(start, len(self)):
-            sel = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            if len(sel) == 0:
-                return
-            # uint8 across the bus (a quarter of float32), converted where it lands; on the CPU both are no-ops.
-            x = to_float(self.data.images[sel].to(self.device, non_blocking=True))
-            y = self.data.labels[sel].to(self.device, non_blocking=True)
-            yield x, y
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.iter_from(0)
-
-
-class DataLoaderAdapter:
-    """The same interface over ``torch.utils.data.DataLoader`` + ``DistributedSampler``.
-
-    Used with ``data.loader=dataloader`` (worker processes for decoding); the
-    sampler's shuffle also depends only on ``(seed, epoch)``.
-    """
-
-    def __init__(
-        self,
-        data: ImageData,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = True,
-        device: torch.device | None = None,
-        num_workers: int = 0,
-    ) -> None:
-        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
-
-        self.device = device or torch.device("cpu")
-        dataset = TensorDataset(data.images, data.labels)
-        self.sampler: DistributedSampler[Any] = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
-        self.loader = DataLoader(
-            dataset,
-            batch_size=batch_size,
-            sampler=self.sampler,
-            drop_last=drop_last,
-            num_workers=num_workers,
-            pin_memory=self.device.type == "cuda",
-        )
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def iter_from(self, start: int = 0) -> Iterator[Batch]:
-        for b, (x, y) in enumerate(self.loader):
-            if b < start:
-                continue
-            yield to_float(x).to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self.iter_from(0)
-
-
 def make_loader(
-    dataset: ImageData,
+    dataset: AnyData,
     data: DataConfig,
     batch_size: int,
     *,
@@ -224,9 +210,30 @@ def make_loader(
     rank: int,
     world_size: int,
     device: torch.device,
-) -> MemoryLoader | DataLoaderAdapter:
-    """The loader ``data.loader`` asks for (``auto`` = in memory)."""
-    if data.loader == "dataloader":
+    shards: Any = None,
+) -> MemoryLoader | DataLoaderAdapter | RayShardLoader:
+    """The loader ``data.loader`` asks for (:func:`choose_loader`).
+
+    :param shards: ``shards(name)``: this worker's shard of the launcher's Ray Dataset
+        ``"train"`` or ``"val"`` (:meth:`engine.WorkerEnv.dataset_shard`), for ``ray_data``.
+    """
+    kind = choose_loader(dataset, data)
+    shard = shards("train" if train else "val") if shards is not None and kind == "ray_data" else None
+    if kind == "ray_data" and isinstance(dataset, StreamingData):
+        if shard is None:
+            raise ConfigError.one("data.loader", "ray_data", "needs Ray Train workers (scaling.num_workers >= 1)")
+        return RayShardLoader(
+            shard,
+            dataset,
+            batch_size,
+            shuffle=train,
+            seed=seed,
+            world_size=world_size,
+            drop_last=train,
+            device=device,
+            split=train,
+        )
+    if kind != "memory" or isinstance(dataset, StreamingData):
         return DataLoaderAdapter(
             dataset,
             batch_size,
@@ -237,6 +244,10 @@ def make_loader(
             drop_last=train,
             device=device,
             num_workers=data.loader_workers,
+            prefetch_factor=data.prefetch_factor,
+            on_bad_file=data.on_bad_file,
+            # Training iterates every epoch; validation's workers are started when it runs.
+            persistent_workers=train,
         )
     return MemoryLoader(
         dataset, batch_size, shuffle=train, seed=seed, rank=rank, world_size=world_size, drop_last=train, device=device

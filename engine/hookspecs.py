@@ -83,7 +83,10 @@ def gentrain_register_datasets(registry: Registry[Any]) -> None:
 
     Called once per process after all plugins are loaded. Call
     ``registry.add(name, factory, ConfigClass)`` where
-    ``factory(config, root) -> engine.data.ImageData``.
+    ``factory(config, data) -> engine.ImageData | engine.StreamingData``: the
+    whole dataset in memory, or a ``torch.utils.data.Dataset`` (map-style or
+    iterable) with its ``DataSpec`` and length, read item by item
+    (``data.loader`` decides how: :func:`engine.data.choose_loader`).
 
     :param registry: the dataset registry.
     """

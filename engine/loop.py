@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from engine import checkpoint as ckpt
 from engine.config import RunConfig, resolve
-from engine.data import AnyData, load_data, make_loader, split
+from engine.data import AnyData, load_dataset, make_loader, split
 from engine.errors import CheckpointError, ConfigError, GentrainError, TrainingError
 from engine.model import Batch, DataSpec, Model, Phase, _BatchNoise
 from engine.optim import apply_hyperparameters, make_ema, make_optimizer, make_schedule, rebase_schedule
@@ -84,16 +84,12 @@ def train(
     seed_everything(t.seed)
 
     # -- data ----------------------------------------------------------------
-    dataset = data if data is not None else load_data(config.data, plugins)
+    dataset = data if data is not None else load_dataset(config.data, plugins)
     train_set, val_set = split(dataset, config.data)
     check_batch_size(train_set, t.batch_size * env.world_size * t.accumulate_grad_batches)
-    loader_args = dict(seed=t.seed, rank=env.rank, world_size=env.world_size, device=env.device)
-    train_loader = make_loader(
-        train_set, config.data, t.batch_size, train=True, shard=env.dataset_shard("train"), **loader_args  # type: ignore[arg-type]
-    )
-    val_loader = make_loader(
-        val_set, config.data, t.batch_size, train=False, shard=env.dataset_shard("val"), **loader_args  # type: ignore[arg-type]
-    )
+    loader_args = dict(seed=t.seed, rank=env.rank, world_size=env.world_size, device=env.device, shards=env.dataset_shard)
+    train_loader = make_loader(train_set, config.data, t.batch_size, train=True, **loader_args)  # type: ignore[arg-type]
+    val_loader = make_loader(val_set, config.data, t.batch_size, train=False, **loader_args)  # type: ignore[arg-type]
 
     # -- model and optimizers ------------------------------------------------
     if model is None:
@@ -184,8 +180,7 @@ def train(
             # -- end of epoch: validation, metrics, checkpoint, report -----
             # A stop inside the epoch (trainer.max_steps) keeps its sampler position for the checkpoint.
             if trainer.batch_in_epoch >= steps_per_epoch * batches_per_step(phases, t.accumulate_grad_batches):
-                trainer.epoch += 1
-                trainer.batch_in_epoch = 0
+                trainer.epoch, trainer.batch_in_epoch = trainer.epoch + 1, 0
             metrics = reduce_means(env, sums.as_dict(), sums.count_dict(), prefix="train/")
             # Scheduled rates as this epoch ended, before the epoch's schedules advance.
             metrics.update({f"lr/{n}": float(optimizers[n].param_groups[0]["lr"]) for n in trainer.schedules})

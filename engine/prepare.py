@@ -17,7 +17,7 @@ import torch
 from engine import config as cfg
 from engine import rundir
 from engine.config import RunConfig
-from engine.data import AnyData, load_data, split
+from engine.data import AnyData, load_dataset, split
 from engine.errors import ConfigError, DataError, GentrainError, PluginError, suggest
 from engine.loop import build_model, check_model
 from engine.model import Model
@@ -81,10 +81,10 @@ def _prepare(
 
 
 def _load_data(config: RunConfig, pm: PluginManager) -> Any:
-    """:func:`load_data`, with a dataset plugin's own failures and labels outside its classes named."""
+    """:func:`load_dataset`, with a dataset plugin's own failures and labels outside its classes named."""
     data = config.data
     try:
-        dataset = load_data(data, pm)
+        dataset = load_dataset(data, pm)
     except GentrainError:
         raise
     except OSError as e:
@@ -157,9 +157,9 @@ def check(config: RunConfig, plugins: PluginManager) -> None:
     if config.trainer.precision == "fp16" and not config.scaling.use_gpu:
         problems.append(("trainer.precision", "fp16", "needs a GPU (scaling.use_gpu=true); use bf16 on CPU"))
     if config.data.loader == "ray_data" and config.scaling.num_workers == 0:
-        problems.append(("data.loader", "ray_data", "streams shards to Ray Train workers: set scaling.num_workers >= 1"))
+        problems.append(("data.loader", "ray_data", "streams shards to Ray workers: needs scaling.num_workers>=1"))
     if config.data.loader == "ray_data" and config.data.on_bad_file == "skip":
-        problems.append(("data.on_bad_file", "skip", "is not supported with data.loader=ray_data (shards must stay equal)"))
+        problems.append(("data.on_bad_file", "skip", "is not supported with data.loader=ray_data (equal shards)"))
     if config.scaling.use_gpu and config.scaling.num_workers == 0 and not torch.cuda.is_available():
         problems.append(("scaling.use_gpu", True, "no CUDA device is visible to this process"))
     if config.data.val_fraction == 0:

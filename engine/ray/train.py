@@ -76,6 +76,7 @@ from torch import nn
 from engine import checkpoint as ckpt
 from engine import loop
 from engine.config import RunConfig, resolve
+from engine.data import load_dataset, split
 from engine.errors import GentrainError, TrainingError
 from engine.plugins import current
 from engine.ray import cluster
@@ -122,13 +123,32 @@ def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = ()) 
 
     launch = {"id": uuid.uuid4().hex, "time": time.time()}
     per_worker: Any = train_loop_per_worker  # Ray types it as returning None; we return metrics
+    datasets = ray_datasets(run_config)
+    data_args: dict[str, Any] = {}
+    if datasets:
+        from ray.train import DataConfig as RayDataConfig
+
+        # Each worker streams a disjoint shard of "train"; every worker validates on all of "val".
+        data_args = dict(datasets=datasets, dataset_config=RayDataConfig(datasets_to_split=["train"]))
     return TorchTrainer(
         per_worker,
-        train_loop_config={"run_config": run_config.to_dict(), "launch": launch},
+        train_loop_config={"run_config": run_config.to_dict(), "launch": launch, "datasets": sorted(datasets)},
+        **data_args,
         torch_config=TorchConfig(backend="nccl" if run_config.scaling.use_gpu else "gloo"),
         scaling_config=ray_scaling_config(run_config),
         run_config=ray_run_config(run_config, callbacks),
     )
+
+
+def ray_datasets(run_config: RunConfig) -> dict[str, Any]:
+    """``data.loader=ray_data``: the run's train and validation splits as Ray Datasets (decoded on the cluster)."""
+    if run_config.data.loader != "ray_data":
+        return {}
+    train_set, val_set = split(load_dataset(run_config.data, current()), run_config.data)
+    out = {"train": train_set.ray_dataset()}
+    if len(val_set):
+        out["val"] = val_set.ray_dataset()
+    return out
 
 
 def fit_trainer(trainer: TorchTrainer, run_config: RunConfig) -> dict[str, float]:
@@ -366,6 +386,8 @@ class RayWorkerEnv(WorkerEnv):
 
     launch_id: str = ""
     launch_time: float = 0.0
+    #: Names of the Ray Datasets the trainer was handed (``data.loader=ray_data``).
+    datasets: tuple[str, ...] = ()
 
     @classmethod
     def from_context(cls, launch: Mapping[str, Any]) -> RayWorkerEnv:
@@ -381,6 +403,13 @@ class RayWorkerEnv(WorkerEnv):
             launch_id=str(launch.get("id", "")),
             launch_time=float(launch.get("time", 0.0)),
         )
+
+    def dataset_shard(self, name: str) -> Any:
+        if name not in self.datasets:
+            return None
+        from ray.train import get_dataset_shard
+
+        return get_dataset_shard(name)
 
     def wrap_ddp(self, module: nn.Module) -> nn.Module:
         if self.world_size == 1:
@@ -452,7 +481,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     """
     _quiet_worker_logs()
     plugins = current()  # this worker's own plugin manager, from its environment
-    env = RayWorkerEnv.from_context(config["launch"])
+    env = dataclasses.replace(RayWorkerEnv.from_context(config["launch"]), datasets=tuple(config.get("datasets", ())))
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     run_config = resolve(config["run_config"], plugins)

@@ -69,18 +69,56 @@ def cifar10(config: Cifar10Config, data: engine.DataConfig) -> engine.ImageData:
 
 @dataclass(frozen=True)
 class ImageFolderConfig:
-    """A folder of class sub-folders of images, resized to ``size``."""
+    """A folder of images (class sub-folders as labels, or none), decoded as it is read.
+
+    Per image, in this order: convert to RGB (grayscale with ``to_grayscale`` or
+    ``channels=1``); scale the shorter side to ``resize`` (default ``size``; 0
+    leaves images as stored); take the centre square of ``center_crop``
+    (default ``size``); then, from ``(seed, epoch, index)``, a random square of
+    ``random_crop`` and a horizontal flip (``hflip``, p = 1/2). The model sees
+    ``random_crop`` (or ``center_crop``) pixels square.
+    """
 
     size: Annotated[int, Field(ge=8, le=1024)] = 64
     channels: Literal[1, 3] = 3
+    resize: Annotated[int, Field(ge=0, le=4096)] | None = None
+    center_crop: Annotated[int, Field(ge=8, le=4096)] | None = None
+    random_crop: Annotated[int, Field(ge=8, le=4096)] | None = None
+    hflip: bool = False
+    to_grayscale: bool = False
+    labels: Literal["folders", "none"] = "folders"
 
 
-def image_folder(config: ImageFolderConfig, data: engine.DataConfig) -> engine.ImageData:
-    """Images under data.root/<class>/*.png|jpg, one class per sub-folder."""
-    from plugins.datasets.io import load_image_folder
+def image_folder(config: ImageFolderConfig, data: engine.DataConfig) -> engine.StreamingData:
+    """Images under data.root/<class>/*.png|jpg (one class per sub-folder), or any layout with labels=none.
 
-    images, labels, classes = load_image_folder(data.root_path("image_folder"), config.size, config.channels)
-    return engine.ImageData(images, labels, len(classes), "image_folder")
+    Only the file list is read here; images are decoded as they are needed
+    (in memory once when they fit and nothing is random, ``data.loader=auto``).
+    """
+    from plugins.datasets.folder import FolderDataset, RandomTransforms, RayFolder, Transforms, scan
+
+    crop = config.center_crop or config.size
+    resize = config.size if config.resize is None else config.resize
+    if resize and crop > resize:
+        raise engine.ConfigError.one("data.center_crop", crop, f"is larger than the images after data.resize={resize}")
+    if config.random_crop is not None and config.random_crop > crop:
+        raise engine.ConfigError.one(
+            "data.random_crop", config.random_crop, f"is larger than the {crop}×{crop} centre crop it is taken from"
+        )
+    paths, labels, classes = scan(data.root_path("image_folder"), config.labels)
+    channels = 1 if config.to_grayscale else config.channels
+    transforms = Transforms(resize=resize, center_crop=crop, channels=channels)
+    random = RandomTransforms(config.random_crop or 0, config.hflip)
+    side = config.random_crop or crop
+    spec = engine.DataSpec((channels, side, side), num_classes=len(classes) or None, name="image_folder")
+    return engine.StreamingData(
+        FolderDataset(paths, labels, transforms),
+        spec,
+        len(paths),
+        augment=random if (random.random_crop or random.hflip) else None,
+        to_ray=RayFolder(paths, labels, transforms),
+        name="image_folder",
+    )
 
 
 @engine.hookimpl

@@ -1,0 +1,215 @@
+"""Image folders streamed from disk: the file list, transforms, bad input, the make_folder generator."""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import engine
+from engine import ConfigError, DataError
+from engine.config import resolve
+from engine.data import DataLoaderAdapter, MemoryLoader, StreamingData, load_data, load_dataset, split
+from engine.plugins import load_plugins
+from plugins.datasets.folder import RandomTransforms, Transforms, decode, scan
+from plugins.datasets.make_folder import main as make_folder
+
+
+@pytest.fixture(scope="module")
+def pm() -> Any:
+    return load_plugins(autoload=False)
+
+
+def data_config(pm: Any, root: Path, **fields: Any) -> Any:
+    raw = {"model": {"name": "gan"}, "data": {"name": "image_folder", "root": str(root), **fields}}
+    return resolve(raw, pm).data
+
+
+def png(path: Path, size: tuple[int, int] = (12, 10), color: Any = (200, 30, 30), mode: str = "RGB") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+    return path
+
+
+def test_make_folder_writes_rgb_pngs_in_class_folders(tmp_path: Path) -> None:
+    assert make_folder([str(tmp_path / "f"), "--n", "30", "--size", "32", "--seed", "1"]) == 0
+    files = sorted((tmp_path / "f").rglob("*.png"))
+    assert len(files) == 30
+    assert {p.parent.name for p in files} <= {"square", "ellipse", "heart"}
+    with Image.open(files[0]) as im:
+        assert (im.mode, im.size) == ("RGB", (32, 32))
+    paths, labels, classes = scan(tmp_path / "f")
+    assert len(paths) == 30
+    assert classes == sorted(classes)
+    assert labels.dtype == np.int64
+
+
+def test_factory_returns_a_stream_with_its_spec_read_from_no_image(tmp_path: Path, pm: Any) -> None:
+    for i in range(5):
+        png(tmp_path / "a" / f"{i}.png", (40, 30))
+        png(tmp_path / "b" / f"{i}.jpg", (30, 50), (10, 10, 200))
+    data = data_config(pm, tmp_path, size=16, loader="dataloader", random_crop=12, hflip=True)
+    ds = load_dataset(data, pm)
+    assert isinstance(ds, StreamingData)
+    assert ds.spec.shape == (3, 12, 12)
+    assert ds.spec.num_classes == 2
+    assert len(ds) == 10
+    # Only the file list is held: a numpy array of bytes, no images.
+    assert ds.dataset.paths.dtype.kind == "S"  # type: ignore[attr-defined]
+    auto = load_dataset(data_config(pm, tmp_path, size=16), pm)  # fits, nothing random: decoded once into memory
+    assert isinstance(auto, engine.ImageData)
+    assert auto.images.shape == (10, 3, 16, 16)
+    frozen = load_data(data, pm)  # evaluation reads it whole: random transforms as in epoch 0
+    assert frozen.images.shape == (10, 3, 12, 12)
+    gray = load_dataset(data_config(pm, tmp_path, size=16, to_grayscale=True, labels="none"), pm)
+    assert gray.spec.shape == (1, 16, 16)
+    assert gray.spec.num_classes is None
+
+
+def test_transforms_are_deterministic_per_seed_epoch_and_index(tmp_path: Path) -> None:
+    array = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(array).save(tmp_path / "x.png")
+    t = Transforms(resize=32, center_crop=32)
+    image = decode(str(tmp_path / "x.png"), t)
+    assert image.shape == (3, 32, 32)
+    assert image.dtype == torch.uint8
+    aug = RandomTransforms(random_crop=24, hflip=True)
+    a, b = aug(image, 5, 0, 1), aug(image, 5, 0, 1)
+    assert a.shape == (3, 24, 24)
+    assert torch.equal(a, b)
+    variants = {aug(image, 5, e, 1).numpy().tobytes() for e in range(8)}
+    assert len(variants) > 1  # another epoch, another crop or flip
+    assert not torch.equal(aug(image, 5, 0, 1), aug(image, 6, 0, 1)) or not torch.equal(
+        aug(image, 5, 0, 2), aug(image, 5, 0, 1)
+    )
+
+
+def test_crop_larger_than_the_image_names_the_field_or_the_file(tmp_path: Path, pm: Any) -> None:
+    png(tmp_path / "a" / "small.png", (10, 10))
+    with pytest.raises(ConfigError, match=r"data\.random_crop"):
+        load_dataset(data_config(pm, tmp_path, size=16, random_crop=20), pm)
+    with pytest.raises(ConfigError, match=r"data\.center_crop"):
+        load_dataset(data_config(pm, tmp_path, size=16, center_crop=24), pm)
+    with pytest.raises(DataError, match=r"small\.png is 10×10, smaller than the 16×16 crop"):
+        load_dataset(data_config(pm, tmp_path, size=16, resize=0), pm)
+
+
+def test_mixed_modes_convert_and_a_16_bit_image_is_named(tmp_path: Path, pm: Any) -> None:
+    png(tmp_path / "a" / "rgb.png")
+    png(tmp_path / "a" / "gray.png", mode="L", color=128)
+    png(tmp_path / "a" / "rgba.png", mode="RGBA", color=(1, 2, 3, 4))
+    png(tmp_path / "a" / "pal.png", mode="P", color=3)
+    ds = load_dataset(data_config(pm, tmp_path, size=8), pm)
+    assert isinstance(ds, engine.ImageData)
+    assert ds.images.shape == (4, 3, 8, 8)
+    Image.fromarray(np.full((10, 10), 40000, dtype=np.uint16)).save(tmp_path / "a" / "deep.png")
+    with pytest.raises(DataError, match=r"deep\.png has mode I;16"):
+        load_dataset(data_config(pm, tmp_path, size=8), pm)
+
+
+def test_symlink_loop_and_duplicates_are_errors_not_classes(tmp_path: Path, pm: Any) -> None:
+    png(tmp_path / "a" / "x.png")
+    png(tmp_path / "b" / "y.png")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    with pytest.raises(DataError, match=r"symlink loop: .*a/loop leads back to"):
+        scan(tmp_path)
+    (tmp_path / "a" / "loop").unlink()
+    os.symlink(tmp_path / "b", tmp_path / "c")  # the same folder as a second class
+    with pytest.raises(DataError, match=r"c is the folder .*b reached a second time"):
+        scan(tmp_path)
+    (tmp_path / "c").unlink()
+    os.symlink(tmp_path / "b" / "y.png", tmp_path / "a" / "y-again.png")
+    with pytest.raises(DataError, match=r"is the file .* a second time \(a link\)") as info:
+        scan(tmp_path)
+    assert "y-again.png" in str(info.value)
+    assert "b/y.png" in str(info.value)
+
+
+def test_empty_folder_and_loose_images(tmp_path: Path, pm: Any) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match=r"no images found in .*empty"):
+        load_dataset(data_config(pm, tmp_path / "empty"), pm)
+    png(tmp_path / "mixed" / "cls" / "a.png")
+    png(tmp_path / "mixed" / "stray.png")
+    with pytest.raises(DataError, match=r"stray\.png .* beside class folders"):
+        scan(tmp_path / "mixed")
+    assert len(scan(tmp_path / "mixed", "none")[0]) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_corrupt_file_fails_naming_it_or_is_skipped_and_counted(tmp_path: Path, pm: Any, workers: int) -> None:
+    for i in range(11):
+        png(tmp_path / "a" / f"{i:02d}.png", (8, 8))
+    bad = tmp_path / "a" / "05.png"
+    bad.write_bytes(b"\x89PNG truncated")
+    data = data_config(pm, tmp_path, size=8, loader="dataloader", loader_workers=workers, val_fraction=0)
+    train, _ = split(load_dataset(data, pm), data)
+    loader = DataLoaderAdapter(train, 4, shuffle=False, drop_last=False, num_workers=workers)
+    with pytest.raises(DataError) as info:
+        list(loader.iter_from(0))
+    assert str(bad) in str(info.value)
+    assert "\n" not in str(info.value)
+    data = data_config(pm, tmp_path, size=8, loader="dataloader", val_fraction=0, on_bad_file="skip")
+    train, _ = split(load_dataset(data, pm), data)
+    loader = DataLoaderAdapter(train, 4, shuffle=False, drop_last=False, num_workers=workers, on_bad_file="skip")
+    assert sum(len(x) for x, _ in loader.iter_from(0)) == 10
+    assert loader.skipped == 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_path_sees_the_same_batches_and_resumes_mid_epoch(tmp_path: Path, pm: Any, workers: int) -> None:
+    make_folder([str(tmp_path), "--n", "40", "--size", "16"])
+    data = data_config(pm, tmp_path, size=16, loader="dataloader", loader_workers=workers)
+    train, _ = split(load_dataset(data, pm), data)
+    mem_data = data_config(pm, tmp_path, size=16, loader="memory")
+    mem_train, _ = split(load_dataset(mem_data, pm), mem_data)
+    for rank in (0, 1):
+        stream = DataLoaderAdapter(train, 4, shuffle=True, seed=3, rank=rank, world_size=2, num_workers=workers)
+        memory = MemoryLoader(mem_train, 4, shuffle=True, seed=3, rank=rank, world_size=2)
+        for epoch in (0, 1):
+            stream.set_epoch(epoch)
+            memory.set_epoch(epoch)
+            a, b = list(stream.iter_from(0)), list(memory.iter_from(0))
+            assert len(a) == len(b) == len(stream) == 4
+            for (xa, ya), (xb, yb) in zip(a, b, strict=True):
+                assert torch.equal(xa, xb)
+                assert torch.equal(ya, yb)
+            tail = list(stream.iter_from(2))
+            assert len(tail) == 2
+            assert all(torch.equal(t[0], x[0]) for t, x in zip(tail, a[2:], strict=True))
+
+
+class Counting(torch.utils.data.IterableDataset[Any]):
+    """A stream of n items whose image encodes its position."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __iter__(self) -> Any:
+        for i in range(self.n):
+            yield torch.full((1, 2, 2), i % 256, dtype=torch.uint8), i
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_iterable_stream_is_sharded_batched_in_order_and_resumes(workers: int) -> None:
+    spec = engine.DataSpec((1, 2, 2))
+    data = engine.StreamingData(Counting(50), spec, 50, name="count")
+    config = engine.DataConfig(val_fraction=0.2)
+    train, val = split(data, config)
+    assert (len(train), len(val), train.start) == (40, 10, 10)
+    seen = []
+    for rank in (0, 1):
+        loader = DataLoaderAdapter(train, 4, shuffle=False, rank=rank, world_size=2, num_workers=workers)
+        labels = [y.tolist() for _, y in loader.iter_from(0)]
+        assert len(labels) == len(loader) == 5
+        assert labels[0] == [10 + rank, 12 + rank, 14 + rank, 16 + rank]  # positions 10.. are training items
+        assert [y.tolist() for _, y in loader.iter_from(3)] == labels[3:]
+        seen += functools.reduce(operator.iadd, labels, [])
+    assert sorted(seen) == list(range(10, 50))
