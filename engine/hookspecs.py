@@ -111,6 +111,19 @@ def gentrain_register_options(registry: Registry[Any]) -> None:
     """
 
 
+@hookspec
+def gentrain_validation_metrics(config: Any) -> list[str] | None:
+    """Name the metric keys a plugin will add at the end of validation for this run config.
+
+    Called on the driver when ``tune.metric`` (or another metric option) is
+    checked before anything starts: a key named here counts as reported, so
+    ``tune.metric=val/frechet`` is accepted from config alone. Return ``None``
+    or an empty list when the plugin adds nothing for this config.
+
+    :param config: the resolved :class:`engine.RunConfig` of the run or search.
+    """
+
+
 # ---------------------------------------------------------------------------
 # factory hooks
 # ---------------------------------------------------------------------------
