@@ -208,6 +208,8 @@ def load_resumable(newest: str | Path, trainer: Any = None) -> dict[str, Any]:
             continue
         if path != newest and (trainer is None or trainer.is_rank_zero):
             print(f"gentrain: {first}; resuming from the previous checkpoint, {path.name}", file=sys.stderr)
+            if newest.is_dir():  # in the way of the checkpoint this run writes next under that name
+                newest.rename(newest.with_name(newest.name + ".damaged"))
         if trainer is not None:
             check_model(state, trainer, path)
             check_optimizers(state, trainer.optimizers, path)

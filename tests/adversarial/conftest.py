@@ -23,7 +23,17 @@ from engine.testing import plugin_manager
 from tests.adversarial.bad_plugins import BadModels
 
 #: A run small enough to train in about a second: 64 procedural images, batch 8, one epoch.
-TINY = ["model.name=ae", "data.name=shapes", "data.n=64", "data.size=16", "trainer.batch_size=8", "trainer.epochs=1"]
+TINY = [
+    "model.name=ae",
+    "model.hidden=[32]",
+    "model.latent_dim=4",
+    "data.name=shapes",
+    "data.n=64",
+    "data.size=16",
+    "trainer.batch_size=8",
+    "trainer.epochs=1",
+    "callbacks.sample_every=0",
+]
 
 REPO = Path(__file__).resolve().parents[2]
 
