@@ -127,6 +127,48 @@ def ensure_ray() -> None:
         token_log.setLevel(level)
 
 
+def starting_line() -> str:
+    """What :func:`ensure_ray` is about to do, for the driver's console."""
+    import ray
+
+    if ray.is_initialized():
+        return "using the Ray this process is connected to"
+    address = _cluster_address()
+    return f"connecting to Ray at {address}" if address else "starting Ray (a local cluster on this machine)"
+
+
+@contextlib.contextmanager
+def train_finds_this_cluster() -> Iterator[None]:
+    """Let Ray Train's placement-group cleaner find this cluster when several run on one machine.
+
+    The cleaner (a child of Train's controller) asks the State API whether the
+    controller is alive; in Ray 2.60 that call finds the cluster from
+    ``RAY_ADDRESS``, else by looking for running GCS processes, and fails
+    ("Found multiple active Ray instances", a traceback on the console) when
+    this machine runs two or more. Within this block ``RAY_ADDRESS`` is the
+    connected cluster's address and travels to the controller.
+    """
+    import ray
+
+    try:
+        from ray.train.v2._internal import constants
+    except ImportError:
+        yield
+        return
+    address = ray.get_runtime_context().gcs_address
+    propagated = getattr(constants, "ENV_VARS_TO_PROPAGATE", None)
+    if not address or not isinstance(propagated, set):
+        yield
+        return
+    saved = os.environ.get("RAY_ADDRESS")
+    os.environ["RAY_ADDRESS"] = address
+    propagated.add("RAY_ADDRESS")
+    try:
+        yield
+    finally:
+        set_environ({"RAY_ADDRESS": saved})
+
+
 def _cluster_address() -> str | None:
     """The cluster ``ray.init()`` would connect to, or ``None`` if it would start a local one."""
     address = os.environ.get("RAY_ADDRESS")
@@ -365,6 +407,8 @@ __all__ = [
     "ensure_ray",
     "max_concurrent",
     "ray_environment",
+    "starting_line",
+    "train_finds_this_cluster",
     "trial_resources",
     "worker_env_vars",
     "worker_resources",

@@ -27,9 +27,9 @@ Checkpoints. Rank 0 writes the real checkpoint file into the run directory
 copies a few bytes into its storage instead of the model a second time. On a
 restart the loop resumes from the newest file in the run directory (Ray
 registers checkpoints on its controller's poll, so its own can lag by one or
-two); the pointer is only a fallback. Ray's storage is the run directory
-itself (``storage_path=output_dir``, ``name=run.name``), so a rerun of the
-same run name finds both.
+two); the pointer is only a fallback. Ray's own files live under the run
+directory's ``.ray/`` folder (``storage_path=<run dir>/.ray``, ``name=run.name``),
+so a rerun of the same run name finds both, and gentrain's files stay at the top.
 
 Failures. ``scaling.max_failures`` worker-group restarts are allowed; each
 restarts every worker, which resumes from the last checkpoint. An engine error
@@ -51,8 +51,10 @@ Nodes and devices. The run directory must be on storage every node sees (NFS
 or similar): rank 0 writes there, and every rank reads from it on a restart.
 With ``scaling.use_gpu`` each worker trains on its own GPU
 (``ray.train.torch.get_device()``) with the NCCL backend; otherwise gloo on CPU.
-Console: rank 0's progress lines arrive once, prefixed by Ray with the
-worker's name and PID.
+Console (:mod:`engine.ray.console`): the driver says it starts Ray and when the
+workers are ready, prints rank 0's progress lines (handed to it through a queue,
+so without Ray's ``(RayTrainWorker pid=...)`` prefix) and one line per worker
+failure; Ray Train's own log lines and tracebacks go to Ray's log files.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ from engine.config import RunConfig, resolve
 from engine.data import load_dataset, split
 from engine.errors import GentrainError, TrainingError
 from engine.plugins import current
-from engine.ray import cluster
+from engine.ray import cluster, console
 from engine.trainer import WorkerEnv
 
 if TYPE_CHECKING:
@@ -88,6 +90,8 @@ if TYPE_CHECKING:
 
 #: The file inside a Ray Train checkpoint directory that names the real checkpoint.
 POINTER = "gentrain-checkpoint.json"
+#: The folder of a run directory that holds Ray Train's own files.
+RAY_FOLDER = ".ray"
 
 
 # ---------------------------------------------------------------------------
@@ -105,15 +109,27 @@ def fit_ray(run_config: RunConfig) -> dict[str, float]:
     :raises TrainingError: any other failure, once ``scaling.max_failures`` restarts are spent.
     """
     with cluster.ray_environment(cluster.start_timeout(run_config.scaling)):
+        console.say(cluster.starting_line())
         cluster.connect(run_config.scaling)
-        return fit_trainer(make_trainer(run_config), run_config)
+        with cluster.train_finds_this_cluster(), console.driver_console() as shown:
+            console.say(f"starting {run_config.scaling.num_workers} worker(s)")
+            notes = console.failure_notes(
+                shown.queue,
+                max_failures=run_config.scaling.max_failures,
+                checkpoint_dir=loop.run_dir_of(run_config) / "checkpoints",
+                root_cause=root_cause,
+                retryable=retryable,
+            )
+            return fit_trainer(make_trainer(run_config, [notes], console=shown.queue), run_config)
 
 
-def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = ()) -> TorchTrainer:
+def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = (), console: Any = None) -> TorchTrainer:
     """The ``TorchTrainer`` that runs :func:`train_loop_per_worker` for ``run_config``.
 
     :param callbacks: Ray Train callbacks (run in Train's controller), such as
         a Tune trial's relay of every report.
+    :param console: where the workers' console lines go (:func:`engine.ray.console.install_worker_console`):
+        the driver's queue, ``"off"``, or ``None`` (printed, with Ray's prefix).
 
     Each trainer is one *launch*: its workers tell a restart within it (after
     a worker failure) from a rerun of the same run name (:meth:`RayWorkerEnv.restarted`).
@@ -132,7 +148,12 @@ def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = ()) 
         data_args = dict(datasets=datasets, dataset_config=RayDataConfig(datasets_to_split=["train"]))
     return TorchTrainer(
         per_worker,
-        train_loop_config={"run_config": run_config.to_dict(), "launch": launch, "datasets": sorted(datasets)},
+        train_loop_config={
+            "run_config": run_config.to_dict(),
+            "launch": launch,
+            "datasets": sorted(datasets),
+            "console": console,
+        },
         **data_args,
         torch_config=TorchConfig(backend="nccl" if run_config.scaling.use_gpu else "gloo"),
         scaling_config=ray_scaling_config(run_config),
@@ -192,13 +213,15 @@ def ray_run_config(run_config: RunConfig, callbacks: Iterable[UserCallback] = ()
     run = run_config.run
     return RayRunConfig(
         name=run.name,
-        storage_path=run.output_dir,
+        # Ray's own files (checkpoint_<time>/ pointers, its checkpoint manager's JSON) under <run>/.ray/.
+        storage_path=ray_storage_path(run_config),
         checkpoint_config=CheckpointConfig(num_to_keep=run_config.trainer.keep_checkpoints),
         # controller_failure_limit=0: a worker group that does not start within
         # start_timeout_s ends the run (Ray's default retries forever).
         failure_config=FailureConfig(max_failures=run_config.scaling.max_failures, controller_failure_limit=0),
         worker_runtime_env={"env_vars": cluster.worker_env_vars()},
-        logging_config=LoggingConfig(log_level="WARNING"),
+        # Ray Train's log lines (worker failures with their tracebacks) go to its log files only.
+        logging_config=LoggingConfig(log_level=console.RAY_TRAIN_CONSOLE_LEVEL),
         callbacks=list(callbacks),
     )
 
@@ -206,6 +229,17 @@ def ray_run_config(run_config: RunConfig, callbacks: Iterable[UserCallback] = ()
 # ---------------------------------------------------------------------------
 # failures
 # ---------------------------------------------------------------------------
+
+
+def ray_storage_path(run_config: RunConfig) -> str:
+    """Ray Train's ``storage_path`` for a run: ``<run dir>/.ray`` (its files named after the run below it)."""
+    return f"{str(run_config.run.output_dir).rstrip('/')}/{run_config.run.name}/{RAY_FOLDER}"
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether a restart could help with one worker's failure (not a deterministic engine error)."""
+    root = root_cause(error)
+    return not (isinstance(root, GentrainError) and not root.retryable)
 
 
 def is_deterministic_failure(error: BaseException) -> bool:
@@ -482,6 +516,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, float]:
     _quiet_worker_logs()
     plugins = current()  # this worker's own plugin manager, from its environment
     env = dataclasses.replace(RayWorkerEnv.from_context(config["launch"]), datasets=tuple(config.get("datasets", ())))
+    console.install_worker_console(config.get("console"), env.rank, env.world_size)
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
     run_config = resolve(config["run_config"], plugins)
