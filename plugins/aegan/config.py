@@ -42,7 +42,11 @@ class AEGANConfig(engine.ModelConfig):
 
     The reconstruction term is summed over pixels and averaged over the batch
     (the ELBO's convention, so ``beta`` means what it means in a β-VAE); the
-    adversarial term is a batch mean, hence ``adv_weight``'s larger default.
+    adversarial term is a batch mean. With a fixed weight the summed term
+    (≈130 nats on MNIST) dwarfed the adversarial one and the model was a VAE in
+    effect (the adversary's gradient 10–16% of the reconstruction's), so the
+    weight is adaptive by default (``adv_weight_mode``, ``adv_share``): see
+    :mod:`plugins.aegan.model`.
     """
 
     arch: Literal["mlp", "conv"] = "mlp"
@@ -72,7 +76,16 @@ class AEGANConfig(engine.ModelConfig):
     """Pixel reconstruction loss. ``bce`` receives the decoder's logits; any other
     loss receives images in ``[0, 1]`` (the sigmoid of the logits)."""
     rec_weight: engine.NonNegativeFloat = 1.0
-    adv_weight: engine.NonNegativeFloat = 10.0
+    adv_weight: engine.NonNegativeFloat = 1.0
+    """``adaptive``: a multiplier of the adaptive weight (1: the adversary's share is ``adv_share``;
+    0: no adversarial term). ``fixed``: the adversarial term's weight λ itself."""
+    adv_weight_mode: Literal["adaptive", "fixed"] = "adaptive"
+    """``adaptive`` (VQGAN, Esser et al. 2021): each step, λ_adv is set from the ratio of the
+    gradient norms of the reconstruction and adversarial terms at the last layer they share, so the
+    adversary carries ``adv_share`` of it; ``fixed``: λ_adv = ``adv_weight``."""
+    adv_share: engine.Probability = 0.4
+    """``adaptive``: the adversary's share ``‖λ∇adv‖ / (‖∇rec‖ + ‖λ∇adv‖)`` of the gradient at the
+    shared last layer (the decoder's output layer; the encoder's for ``adversary=latent``)."""
     beta: engine.NonNegativeFloat = 1.0
     """Weight of KL(q(z|x) || N(0, I)); ``encoder=vae`` only."""
     feature_recon: bool = False
@@ -98,6 +111,8 @@ class AEGANConfig(engine.ModelConfig):
                 f"conv takes square images of side 4·2^k or 7·2^k up to {CONV_MAX_SIDE} (e.g. 28, 32, 64), "
                 f"but {data.name or 'the data'} is {c}×{h}×{w}; use arch=mlp",
             )
+        if self.adv_weight_mode == "adaptive" and self.adv_share >= 1:
+            raise self.fail("adv_share", self.adv_share, "must be below 1 (1 would leave no reconstruction gradient)")
         if self.feature_recon and self.adversary != "image":
             raise self.fail(
                 "feature_recon",
