@@ -65,7 +65,7 @@ def fit(
                     entry = pm.models.get(run_config.model.name)
                     raise TrainingError(
                         f"run {run_config.run.name!r} (model {entry.name!r} of plugin {entry.plugin!r}) failed "
-                        f"while training: {type(e).__name__}: {e}"
+                        f"while training: {type(e).__name__}: {' '.join(str(e).split())}"
                     ) from e
         except BaseException:
             rundir.remove_if_unstarted(run_dir, existed)  # a failure before the first checkpoint leaves nothing

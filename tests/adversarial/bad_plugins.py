@@ -53,7 +53,7 @@ class Faulty(engine.Model):
         if fault == "not_a_dict":
             return loss
         if fault == "float_loss":
-            return {"loss": float(loss)}
+            return {"loss": float(loss.detach())}
         if fault == "detached_loss":
             return {"loss": loss.detach()}
         if fault == "bad_logged_value":
