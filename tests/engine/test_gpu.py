@@ -88,13 +88,13 @@ def test_in_process_trains_on_the_gpu_under_bf16_autocast(tmp_path: Path) -> Non
 def test_memory_loader_keeps_a_small_dataset_on_the_gpu() -> None:
     images, labels, _ = make_shapes(64, 8, 0)
     assert images.numel() <= DEVICE_RESIDENT_BYTES
-    loader = MemoryLoader(ImageData(images, labels, None), 16, device=torch.device("cuda"))
+    loader = MemoryLoader(ImageData(images, labels, None), 16, shuffle=False, device=torch.device("cuda"))
     x, y = next(loader.iter_from(0))
     assert loader.data.images.device.type == "cuda"
     assert x.device.type == y.device.type == "cuda"
     assert x.dtype == torch.float32
     # The same batch as the CPU loader gives, converted on the device.
-    cpu_x, _ = next(MemoryLoader(ImageData(images, labels, None), 16).iter_from(0))
+    cpu_x, _ = next(MemoryLoader(ImageData(images, labels, None), 16, shuffle=False).iter_from(0))
     assert torch.equal(x.cpu(), cpu_x)
 
 
