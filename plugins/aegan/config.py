@@ -53,10 +53,12 @@ class AEGANConfig(engine.ModelConfig):
     """``mlp``: fully connected nets, any image shape. ``conv``: strided convolutions;
     square images of side 4·2^k or 7·2^k (28, 32, 64, ...)."""
     latent_dim: engine.PositiveInt = 16
-    hidden: engine.PositiveInt = 256
-    """``mlp``: width of hidden layers (also the latent discriminator's)."""
+    hidden: engine.PositiveInt | tuple[engine.PositiveInt, ...] = 256
+    """``mlp``: width of hidden layers, or one width per layer in the encoder's order
+    (``[512, 256]``: image -> 512 -> 256 -> z; the decoder mirrors it). The image and latent
+    discriminators use the encoder's order."""
     depth: engine.PositiveInt = 2
-    """``mlp``: hidden layers per network (also the latent discriminator's)."""
+    """``mlp``: hidden layers per network when ``hidden`` is one int (a list sets its own)."""
     channels: engine.PositiveInt = 32
     """``conv``: channels after the first convolution, doubled at each halving."""
     encoder: Literal["ae", "vae"] = "ae"

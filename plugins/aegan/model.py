@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 import engine
+from plugins.nets import layer_widths, mlp_layers
 
 from .config import AEGANConfig, conv_layout
 
@@ -42,13 +43,11 @@ def _signed(x: Tensor) -> Tensor:
     return x * 2.0 - 1.0
 
 
-def _mlp(d_in: int, hidden: int, depth: int, act: Callable[[], nn.Module]) -> tuple[list[nn.Module], int]:
-    layers: list[nn.Module] = []
-    d = d_in
-    for _ in range(depth):
-        layers += [nn.Linear(d, hidden), act()]
-        d = hidden
-    return layers, d
+def _mlp(
+    d_in: int, config: AEGANConfig, act: Callable[[], nn.Module], mirrored: bool = False
+) -> tuple[list[nn.Module], int]:
+    widths = layer_widths(config.hidden, config.depth)
+    return mlp_layers(d_in, widths[::-1] if mirrored else widths, act)
 
 
 def _leaky() -> nn.Module:
@@ -72,7 +71,7 @@ class Encoder(nn.Module):
         super().__init__()
         out = config.latent_dim * (2 if config.encoder == "vae" else 1)
         if config.arch == "mlp":
-            layers, d = _mlp(data.numel, config.hidden, config.depth, _leaky)
+            layers, d = _mlp(data.numel, config, _leaky)
             self.net = nn.Sequential(nn.Flatten(), *layers, nn.Linear(d, out))
         else:
             s0, k = _layout(data)
@@ -90,7 +89,7 @@ class Decoder(nn.Module):
         super().__init__()
         self.shape = data.shape
         if config.arch == "mlp":
-            layers, d = _mlp(config.latent_dim, config.hidden, config.depth, nn.ReLU)
+            layers, d = _mlp(config.latent_dim, config, nn.ReLU, mirrored=True)
             self.net = nn.Sequential(*layers, nn.Linear(d, data.numel))
         else:
             s0, k = _layout(data)
@@ -121,9 +120,10 @@ class ImageDiscriminator(nn.Module):
     def __init__(self, config: AEGANConfig, data: engine.DataSpec) -> None:
         super().__init__()
         if config.arch == "mlp":
-            layers, d = _mlp(data.numel, config.hidden, config.depth, _leaky)
+            layers, d = _mlp(data.numel, config, _leaky)
             layers = [nn.Flatten(), *layers]
-            split = 1 + 2 * max(1, config.depth // 2)  # Flatten, then (Linear, act) per layer
+            n_layers = len(layer_widths(config.hidden, config.depth))
+            split = 1 + 2 * max(1, n_layers // 2)  # Flatten, then (Linear, act) per layer
             head_in = d
         else:
             s0, k = _layout(data)
@@ -145,7 +145,7 @@ class LatentDiscriminator(nn.Module):
 
     def __init__(self, config: AEGANConfig) -> None:
         super().__init__()
-        layers, d = _mlp(config.latent_dim, config.hidden, config.depth, _leaky)
+        layers, d = _mlp(config.latent_dim, config, _leaky)
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(d, 1)
 

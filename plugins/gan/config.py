@@ -43,10 +43,11 @@ class GANConfig(engine.ModelConfig):
     """``mlp``: fully connected nets on flattened pixels, any image shape.
     ``dcgan``: (transposed) convolutions; square images of side 4·2^k or 7·2^k (28, 32, 64, ...)."""
     latent_dim: engine.PositiveInt = 64
-    hidden: engine.PositiveInt = 256
-    """``mlp``: width of the hidden layers."""
+    hidden: engine.PositiveInt | tuple[engine.PositiveInt, ...] = 256
+    """``mlp``: width of the hidden layers, or one width per layer in the generator's order
+    (``[256, 512]``: z -> 256 -> 512 -> image; the discriminator mirrors it: image -> 512 -> 256)."""
     depth: engine.PositiveInt = 2
-    """``mlp``: number of hidden layers of each network."""
+    """``mlp``: number of hidden layers of each network when ``hidden`` is one int (a list sets its own)."""
     channels: engine.PositiveInt = 64
     """``dcgan``: channels of the discriminator's first layer (and the generator's last hidden one),
     doubled at each resolution halving."""

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 
 import engine
+from plugins.nets import layer_widths, mlp_layers
 
 from .config import GANConfig, dcgan_layout
 
@@ -40,11 +41,7 @@ class Generator(nn.Module):
         d_in = config.latent_dim + (self.num_classes or 0)
         c, h, _ = data.shape
         if config.arch == "mlp":
-            layers: list[nn.Module] = []
-            d = d_in
-            for _ in range(config.depth):
-                layers += [nn.Linear(d, config.hidden), nn.ReLU()]
-                d = config.hidden
+            layers, d = mlp_layers(d_in, layer_widths(config.hidden, config.depth), nn.ReLU)
             layers.append(nn.Linear(d, data.numel))
             self.net = nn.Sequential(*layers)
         else:
@@ -90,12 +87,9 @@ class Discriminator(nn.Module):
         norm = config.disc_norm_for()
         layers: list[nn.Module] = []
         if config.arch == "mlp":
-            layers.append(nn.Flatten())
-            d = data.numel
-            for _ in range(config.depth):
-                layers += [nn.Linear(d, config.hidden), _norm1d(norm, config.hidden), nn.LeakyReLU(0.2)]
-                d = config.hidden
-            features = d
+            widths = layer_widths(config.hidden, config.depth)[::-1]  # the generator's, mirrored
+            body, features = mlp_layers(data.numel, widths, lambda: nn.LeakyReLU(0.2), lambda n: _norm1d(norm, n))
+            layers += [nn.Flatten(), *body]
         else:
             layout = dcgan_layout(h)
             assert layout is not None, "GANConfig.check() admits only DCGAN shapes"
