@@ -1,6 +1,12 @@
 """TensorBoard event files under ``<run dir>/tensorboard``, written by rank 0.
 
-Training losses every ``trainer.log_every`` steps, epoch metrics at each epoch end.
+Training losses every ``trainer.log_every`` steps; at each epoch end the epoch
+metrics (``lr/<optimizer>`` among them when a schedule is configured) and the
+sample and reconstruction grids the ``sample_grids`` plugin wrote for that
+epoch (``samples/samples``, ``samples/reconstructions``); at the end of the
+run the hyperparameters (the resolved config, flattened) with the final
+metrics (TensorBoard's HPARAMS tab). One event tree per run, a Tune trial's
+under its own run directory.
 """
 
 from __future__ import annotations
@@ -10,6 +16,26 @@ from pathlib import Path
 from typing import Any
 
 import engine
+
+
+def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim.lr": 0.001, ...}``: the nested config as dotted keys; lists and ``None`` as text."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            out[name] = value
+        else:
+            out[name] = str(value)
+    return out
+
+
+def epoch_grids(run_dir: Path, epoch: int) -> dict[str, Path]:
+    """The PNG grids ``sample_grids`` wrote for 1-based ``epoch``: ``{"samples": path, "reconstructions": path}``."""
+    found = sorted((run_dir / "samples").glob(f"epoch={epoch:04d}-*.png"))
+    return {p.stem.split("-", 1)[1]: p for p in found}
 
 
 @dataclass(frozen=True)
@@ -44,13 +70,35 @@ class TensorBoard:
             for key, value in losses.items():
                 self.writer.add_scalar(f"step/{key}", float(value), step)
 
-    @engine.hookimpl
+    @engine.hookimpl(trylast=True)  # after sample_grids has written this epoch's PNGs
     def gentrain_on_train_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         if self.writer is not None:
             for key, value in metrics.items():
                 if key not in ("epoch", "step"):
                     self.writer.add_scalar(key, value, epoch + 1)
+            for kind, path in epoch_grids(Path(trainer.run_dir), epoch + 1).items():
+                self._add_image(f"samples/{kind}", path, epoch + 1)
             self.writer.flush()
+
+    def _add_image(self, tag: str, path: Path, step: int) -> None:
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(path) as image:
+            array = np.asarray(image.convert("RGB"))
+        self.writer.add_image(tag, array, step, dataformats="HWC")
+
+    def _add_hparams(self, trainer: Any) -> None:
+        """The resolved config and the final metrics, in the run's own event file (no sub-run folder)."""
+        from torch.utils.tensorboard.summary import hparams
+
+        final = {k: float(v) for k, v in (trainer.metrics or {}).items() if k not in ("epoch", "step")}
+        if not final:
+            return
+        exp, ssi, sei = hparams(flatten(trainer.config.to_dict()), final)
+        writer = self.writer.file_writer
+        for summary in (exp, ssi, sei):
+            writer.add_summary(summary, trainer.step)
 
     def _close(self) -> None:
         if self.writer is not None:
@@ -58,7 +106,9 @@ class TensorBoard:
             self.writer = None
 
     @engine.hookimpl
-    def gentrain_on_fit_end(self) -> None:
+    def gentrain_on_fit_end(self, trainer: Any) -> None:
+        if self.writer is not None:
+            self._add_hparams(trainer)
         self._close()
 
     @engine.hookimpl
