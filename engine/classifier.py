@@ -522,7 +522,7 @@ class ClassifierPair:
             num_classes,
             cache_dir=cache_dir,
             epochs=epochs,
-            width=max(4, width // 2),
+            width=max(4, width // 4),
             feature_dim=96,
             seed=seed + 1,
             arch="wide",

@@ -67,39 +67,48 @@ def _names(config: Any) -> list[str]:
     return names
 
 
+def classifiers_for(config: Any, plugins: Any) -> tuple[quality.ClassifierPair, Any, Any]:
+    """``(classifier pair, train split, held-out split)`` of a run config: trained once per dataset, then cached.
+
+    Recipes call it before a search (``recipes/tune_gan.py``), so the trials only load the files.
+    """
+    c = config.callbacks
+    train, held = quality.load_reference(config.data, plugins)
+    k = train.num_classes
+    if not k or k < 2:
+        raise engine.ConfigError.one(
+            "callbacks.sample_metrics",
+            list(c.sample_metrics),
+            f"needs a labelled dataset for its classifiers, but {config.data.name!r} has no classes",
+        )
+    pair = quality.ClassifierPair.for_dataset(
+        f"{config.data.name}-{len(train)}",
+        train.images,
+        train.labels,
+        k,
+        cache_dir=c.sample_metrics_cache,
+        epochs=c.sample_metrics_classifier_epochs,
+        max_disagreement=c.sample_metrics_max_disagreement,
+    )
+    return pair, train, held
+
+
 class _Reference:
     """What every evaluation of a run compares against: the classifiers, real features and histograms."""
 
     def __init__(self, trainer: Any) -> None:
         config = trainer.config
         c = config.callbacks
-        train, held = quality.load_reference(config.data, trainer.plugins)
-        k = train.num_classes
-        if not k or k < 2:
-            raise engine.ConfigError.one(
-                "callbacks.sample_metrics",
-                list(c.sample_metrics),
-                f"needs a labelled dataset for its classifiers, but {config.data.name!r} has no classes",
-            )
-        key = f"{config.data.name}-{len(train)}"
 
-        def build() -> quality.ClassifierPair:
-            return quality.ClassifierPair.for_dataset(
-                key,
-                train.images,
-                train.labels,
-                k,
-                cache_dir=c.sample_metrics_cache,
-                epochs=c.sample_metrics_classifier_epochs,
-                max_disagreement=c.sample_metrics_max_disagreement,
-            )
+        def build() -> tuple[quality.ClassifierPair, Any, Any]:
+            return classifiers_for(config, trainer.plugins)
 
         # Rank 0 trains (or loads) first; the others wait for it, then load its file.
         if trainer.is_rank_zero:
-            self.pair = build()
+            self.pair, train, held = build()
         trainer.env.all_gather(None)
         if not trainer.is_rank_zero:
-            self.pair = build()
+            self.pair, train, held = build()
         self.n = min(c.sample_metrics_n, len(train))
         gen = torch.Generator().manual_seed(config.trainer.seed + 271828)
         pick = torch.randperm(len(train), generator=gen)[: self.n]
@@ -222,4 +231,4 @@ class SampleMetrics:
 
 plugin = SampleMetrics()
 
-__all__ = ["SampleMetricsOptions", "plugin"]
+__all__ = ["SampleMetricsOptions", "classifiers_for", "plugin"]

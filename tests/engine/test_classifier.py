@@ -94,6 +94,7 @@ def test_kid_is_about_zero_for_one_distribution_and_positive_for_two() -> None:
 
 @pytest.mark.mnist
 @pytest.mark.slow
+@pytest.mark.timeout(3600)  # minutes on a quiet machine; far more on a loaded one
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"real MNIST not present at {SHARED_MNIST}")
 def test_both_classifiers_reach_98_percent_on_held_out_mnist(tmp_path: Path) -> None:
     images, labels = load_mnist_family(SHARED_MNIST, "mnist", split="test")
