@@ -330,7 +330,10 @@ def test_clipping_bounds_every_update(tmp_path: Path, clip: float | None) -> Non
 def test_max_steps_and_clipping(tmp_path: Path, recorder: Recorder) -> None:
     result = engine.fit(config(tmp_path, trainer={"max_steps": 3, "epochs": 5, "clip_grad_norm": 0.5}))
     assert result.metrics["step"] == 3.0
-    assert result.metrics["epoch"] == 2.0
+    # Stopped after the first of epoch 1's two steps: 1 epoch done, the sampler position kept.
+    assert result.metrics["epoch"] == 1.0
+    state = checkpoint.load(result.checkpoint)
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 2)
 
 
 def test_run_directory_outputs(tmp_path: Path) -> None:
