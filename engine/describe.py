@@ -220,3 +220,47 @@ def config_show(raw: dict[str, Any], overrides: list[str], pm: Any) -> Any:
     from engine import config as cfg
 
     return cfg.resolve(cfg.build_raw(raw, overrides), pm)
+
+
+def hook_reference() -> str:
+    """The hook reference of ``docs/plugins.md``, generated from :mod:`engine.hookspecs` (in source order)."""
+    from engine import hookspecs
+
+    specs = []
+    for name in dir(hookspecs):
+        fn = getattr(hookspecs, name)
+        if name.startswith("gentrain_") and callable(fn):
+            specs.append((inspect.getsourcelines(fn)[1], name, fn))
+    out: list[str] = []
+    for _, name, fn in sorted(specs):
+        opts = getattr(fn, f"{hookspecs.PROJECT}_spec", {}) or {}
+        kind = (
+            "factory, first result wins"
+            if opts.get("firstresult")
+            else ("event, every rank" if name.startswith("gentrain_on_") else "registration, once per process")
+        )
+        sig = inspect.signature(fn)
+        args = ", ".join(sig.parameters)
+        out.append(f"### `{name}({args})`\n")
+        out.append(f"*{kind}*; returns `{sig.return_annotation}`.\n")
+        body, params = [], []
+        for line in inspect.cleandoc(fn.__doc__ or "").splitlines():
+            m = re.match(r":param (\w+):\s*(.*)", line)
+            r = re.match(r":returns?:\s*(.*)", line)
+            if m:
+                params.append([f"- `{m.group(1)}`", m.group(2)])
+            elif r:
+                params.append(["- returns", r.group(1)])
+            elif params and line.startswith(" "):
+                params[-1][1] += " " + line.strip()
+            else:
+                body.append(line)
+        text = "\n".join(body).strip()
+        text = re.sub(r":(?:class|func|meth|mod|data):`~?([^`]+)`", r"`\1`", text).replace("``", "`")
+        out.append(text + "\n")
+        if params:
+            for label, doc in params:
+                doc = re.sub(r":(?:class|func|meth|mod|data):`~?([^`]+)`", r"`\1`", doc).replace("``", "`")
+                out.append(f"{label}: {doc}")
+            out.append("")
+    return "\n".join(out).rstrip() + "\n"

@@ -70,8 +70,12 @@ def gentrain_register_losses(registry: Registry[Any]) -> None:
     """Register named loss functions that model configs refer to by name.
 
     Called once per process after all plugins are loaded. Call
-    ``registry.add(name, fn, kind=KIND)``; the built-in kinds and the
-    signature each expects are listed in :mod:`engine.losses`.
+    ``registry.add(name, fn, ConfigClass, kind=KIND, domain=DOMAIN)``; the
+    built-in kinds and the signature each expects are listed in
+    :mod:`engine.losses`. ``domain`` says what the loss's first argument is:
+    ``logits``, ``probabilities`` (images in ``[0, 1]``) or ``features``;
+    ``ConfigClass`` (optional) holds the loss's own parameters, passed to
+    ``fn`` as keywords (``recon_loss: {name: huber, delta: 0.5}``).
 
     :param registry: the loss registry.
     """
