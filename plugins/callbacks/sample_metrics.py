@@ -14,6 +14,7 @@ the validation metrics: ``val/<name>`` for each name asked for, plus
 class histograms). Class-conditional models (``model.conditional``) also get
 ``val/label_accuracy``. They reach the CSV, TensorBoard, early stopping and
 Tune like any validation metric: ``tune.metric=val/frechet`` works from config.
+With ``trainer.ema_decay`` set, the samples come from the EMA weights.
 
 The classifiers (:class:`engine.quality.ClassifierPair`) are trained on the
 run's training split once and cached (``callbacks.sample_metrics_cache``,
@@ -206,7 +207,8 @@ class SampleMetrics:
             return empty.view(0, pair.main.feature_dim), *(empty.view(0, pair.num_classes),) * 2, empty.long()
         start = rank * (n // world) + min(rank, n % world)
         labels = (torch.arange(start, start + count) % pair.num_classes) if conditional else None
-        with trainer.unwrapped() as model, torch.random.fork_rng(devices=[]):
+        # The EMA weights when the run keeps them (trainer.ema_decay), as the sample grids do.
+        with trainer.unwrapped(ema=True) as model, torch.random.fork_rng(devices=[]):
             # The same noise every epoch (and a different share per rank).
             torch.manual_seed(trainer.config.trainer.seed + 31337 + 7919 * rank)
             was_training = model.training
