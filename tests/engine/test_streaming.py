@@ -111,7 +111,7 @@ print(json.dumps({"step": result.metrics["step"], "rss_mb": resource.getrusage(r
 
 @pytest.mark.slow
 def test_peak_rss_of_a_streamed_epoch_does_not_grow_with_the_number_of_images(tmp_path: Path) -> None:
-    """One DCGAN epoch at 2,000 and at 8,000 images (20,000 takes minutes to write here), each in a process of its own."""
+    """One DCGAN epoch at 2,000 and 8,000 images (20,000 takes minutes to write here), each in its own process."""
     peaks = {}
     for n in (2000, 8000):
         root = tmp_path / f"n{n}"
