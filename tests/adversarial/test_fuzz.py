@@ -8,12 +8,13 @@ tried). Examples per test: ``GENTRAIN_FUZZ_EXAMPLES`` (default 100).
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from tests.adversarial.conftest import TINY
@@ -116,8 +117,33 @@ def _value(tmp: Path) -> st.SearchStrategy[str]:
     return st.one_of(scalars, paths, lists)
 
 
+#: Values a field takes in earnest, so that many examples pass validation and reach the data and the model.
+PLAUSIBLE: dict[str, list[str]] = {
+    "model.name": ["ae", "vae", "gan", "aegan"],
+    "model.latent_dim": ["1", "2", "8", "16"],
+    "model.hidden": ["[8]", "[16, 8]", "[]"],
+    "model.arch": ["mlp", "conv"],
+    "data.size": ["8", "16", "28", "32"],
+    "data.val_fraction": ["0", "0.1", "0.5", "0.9"],
+    "data.limit": ["1", "9", "40"],
+    "optim.algo": ["adam", "adamw", "sgd", "rmsprop"],
+    "optim.lr": ["1e-3", "0.5", "1e-8"],
+    "trainer.batch_size": ["1", "8", "32", "60"],
+    "trainer.precision": ["32", "bf16"],
+    "trainer.accumulate_grad_batches": ["1", "2", "8"],
+    "run.resume": ["auto", "never", "must"],
+    "run.name": ["r", "run-1", "a.b"],
+    "callbacks.early_stopping_metric": ["val/loss", "train/loss"],
+}
+
+
 def _overrides(tmp: Path) -> st.SearchStrategy[list[str]]:
+    plausible = st.sampled_from(sorted(PLAUSIBLE)).flatmap(
+        lambda key: st.sampled_from(PLAUSIBLE[key]).map(lambda value: f"{key}={value}")
+    )
     item = st.one_of(
+        plausible,
+        plausible,
         st.tuples(st.sampled_from(KEYS), _value(tmp)).map(lambda kv: f"{kv[0]}={kv[1]}"),
         st.text(max_size=16),  # anything at all, also words without '=' and options
     )
@@ -128,6 +154,7 @@ def _check(cli: Any, argv: list[str]) -> None:
     t0 = time.perf_counter()
     outcome = cli(argv)
     took = time.perf_counter() - t0
+    event(f"exit {outcome.code}")
     assert took < BOUND_S, (argv, took)
     assert outcome.code in (0, 2), (argv, outcome)
     assert "Traceback" not in outcome.err + outcome.out, (argv, outcome.err)
@@ -138,22 +165,22 @@ def _check(cli: Any, argv: list[str]) -> None:
 
 
 def _safe_tmp(tmp_path: Path) -> Path:
+    """A folder of paths the fuzzed values point at: absent, empty, a file (never the filesystem root)."""
     (tmp_path / "empty").mkdir(exist_ok=True)
     (tmp_path / "afile").write_text("x")
     return tmp_path
 
 
-def test_fuzzed_overrides_exit_0_or_2(cli: Any, tmp_path: Path) -> None:
-    tmp = _safe_tmp(tmp_path)
+TMP = Path(tempfile.mkdtemp(prefix="gentrain-fuzz-"))
 
-    @FUZZ
-    @given(_overrides(tmp))
-    def fuzz(overrides: list[str]) -> None:
-        # A fixed output directory last: a fuzzed one may be refused, never written (--check).
-        _check(cli, ["fit", "--check", *TINY, *overrides, f"run.output_dir={tmp / 'out'}"])
-        assert not (tmp / "out").exists()
 
-    fuzz()
+@FUZZ
+@given(overrides=_overrides(TMP))
+def test_fuzzed_overrides_exit_0_or_2(cli: Any, overrides: list[str]) -> None:
+    tmp = _safe_tmp(TMP)
+    # A fixed output directory last: a fuzzed one may be refused, never written (--check).
+    _check(cli, ["fit", "--check", *TINY, *overrides, f"run.output_dir={tmp / 'out'}"])
+    assert not (tmp / "out").exists()
 
 
 def _documents(tmp: Path) -> st.SearchStrategy[bytes]:
@@ -181,6 +208,11 @@ def _documents(tmp: Path) -> st.SearchStrategy[bytes]:
         },
     )
     dumped = sections.map(lambda d: yaml.safe_dump(d, allow_unicode=True).encode())
+    # A valid config with a few plausible or hostile fields changed.
+    earnest = st.dictionaries(st.sampled_from(sorted(PLAUSIBLE)), st.none(), max_size=4).flatmap(
+        lambda keys: st.fixed_dictionaries({k: st.sampled_from(PLAUSIBLE[k]).map(yaml.safe_load) for k in keys})
+    )
+    valid = st.tuples(earnest, st.dictionaries(st.sampled_from(KEYS), leaves, max_size=1)).map(_nest)
     fragments = st.lists(
         st.sampled_from(
             [
@@ -211,19 +243,30 @@ def _documents(tmp: Path) -> st.SearchStrategy[bytes]:
         ),
         max_size=12,
     ).map(lambda parts: "\n".join(parts).encode("utf-8", "surrogatepass"))
-    return st.one_of(dumped, fragments, st.binary(max_size=64))
+    return st.one_of(valid, valid, dumped, fragments, st.binary(max_size=64))
 
 
-def test_fuzzed_yaml_documents_exit_0_or_2(cli: Any, tmp_path: Path) -> None:
-    tmp = _safe_tmp(tmp_path)
+def _nest(parts: tuple[dict[str, Any], dict[str, Any]]) -> bytes:
+    raw: dict[str, Any] = {"model": {"name": "ae", "hidden": [8], "latent_dim": 2}}
+    for key, value in {**parts[0], **parts[1]}.items():
+        *sections, last = key.split(".")
+        node = raw
+        for section in sections:
+            child = node.setdefault(section, {})
+            if not isinstance(child, dict):
+                break
+            node = child
+        else:
+            node[last] = value
+    return yaml.safe_dump(raw, allow_unicode=True).encode()
+
+
+@FUZZ
+@given(document=_documents(TMP))
+def test_fuzzed_yaml_documents_exit_0_or_2(cli: Any, document: bytes) -> None:
+    tmp = _safe_tmp(TMP)
     path = tmp / "config.yaml"
-
-    @FUZZ
-    @given(_documents(tmp))
-    def fuzz(document: bytes) -> None:
-        path.write_bytes(document)
-        # The tiny data and output directory win over what the document says (overrides apply last).
-        _check(cli, ["fit", str(path), "--check", "data.n=64", "data.size=16", f"run.output_dir={tmp / 'out'}"])
-        assert not (tmp / "out").exists()
-
-    fuzz()
+    path.write_bytes(document)
+    # The tiny data and output directory win over what the document says (overrides apply last).
+    _check(cli, ["fit", str(path), "--check", "data.n=64", "data.size=16", f"run.output_dir={tmp / 'out'}"])
+    assert not (tmp / "out").exists()
