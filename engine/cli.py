@@ -55,8 +55,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if getattr(args, "check", False):
         from engine.api import prepare
         from engine.loop import run_dir_of
+        from engine.rundir import check_resume
 
         prepared, dataset = prepare(switch_model(load_config_source(source), overrides), overrides)
+        check_resume(prepared)
         print(f"config ok: {prepared.model.name} on {len(dataset)} {prepared.data.name} images; nothing was trained")
         print(f"run directory would be: {run_dir_of(prepared)}")
         return 0
