@@ -34,36 +34,19 @@ from pydantic import Field, TypeAdapter, ValidationError
 
 from engine import guards
 from engine.errors import ConfigError, PluginError, suggest
-from engine.registry import LossRef, can_feed, domain_problem
+from engine.lossfields import LossName, loss_fields, loss_problems, split_mappings  # noqa: F401 (re-exported)
+from engine.registry import LossRef
 
 _log = logging.getLogger("gentrain")
 
 if TYPE_CHECKING:
-    from engine.registry import Entry, Registry
+    from engine.registry import Registry
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-
-
-@dataclass(frozen=True)
-class LossName:
-    """Marks a model-config field that names a registered loss of ``kind``.
-
-    ``recon_loss: Annotated[str, LossName("reconstruction", takes="logits")] = "bce"``
-    makes the engine check the name against the loss registry (with
-    suggestions), and the loss's domain against what the model gives it
-    (``takes``: ``logits``, ``probabilities`` or ``features``; ``None``: any),
-    before training. The field takes a name (``huber``) or a mapping with the
-    loss's own parameters (``{name: huber, delta: 0.5}``), validated against
-    the config class the loss was registered with; the model receives a
-    :class:`~engine.registry.LossRef` and ``engine.get_loss`` applies them.
-    """
-
-    kind: str
-    takes: str | None = None
 
 
 class Registries(Protocol):
@@ -425,26 +408,6 @@ def _nested_keys(raw: Mapping[str, Any], key: str) -> set[str]:
     return {str(k) for k in value} if isinstance(value, Mapping) else set()
 
 
-def loss_fields(cls: type) -> dict[str, LossName]:
-    """Fields of a config class annotated with :class:`LossName`."""
-    hints = typing.get_type_hints(cls, include_extras=True)
-    out: dict[str, LossName] = {}
-    for name, hint in hints.items():
-        for arg in _walk_annotated(hint):
-            if isinstance(arg, LossName):
-                out[name] = arg
-    return out
-
-
-def _walk_annotated(hint: Any) -> Iterable[Any]:
-    if typing.get_origin(hint) is Annotated:
-        yield from hint.__metadata__
-        yield from _walk_annotated(typing.get_args(hint)[0])
-    else:
-        for arg in typing.get_args(hint):
-            yield from _walk_annotated(arg)
-
-
 def resolve(raw: Mapping[str, Any], plugins: Registries) -> RunConfig:
     """Validate a plain dict (from YAML, a recipe, Ray) into a :class:`RunConfig`.
 
@@ -568,9 +531,7 @@ def _validate_params(
             key = next(iter(raw))
             return None, [(prefix + key, raw[key], "unknown field; this entry takes no options")]
         return None, []
-    markers = loss_fields(cls)
-    mappings = {k: raw[k] for k in markers if isinstance(raw.get(k), Mapping)}
-    raw = {**raw, **{k: m.get("name") for k, m in mappings.items()}}  # the name is the field's value
+    raw, mappings = split_mappings(cls, raw)  # a {name: ..., param: ...} loss field: its name is the value
     instance, problems = validate_dataclass(cls, raw, prefix)
     if extra_known:
         for i, (fieldname, value, allowed) in enumerate(problems):
@@ -578,29 +539,7 @@ def _validate_params(
                 key = fieldname[len(prefix) :]
                 names = [f.name for f in dataclasses.fields(cls)] + extra_known
                 problems[i] = (fieldname, value, f"unknown field{suggest(key, names)}; known: {', '.join(names)}")
-    defaults = {f.name: f.default for f in dataclasses.fields(cls)}
-    for fname, marker in markers.items():
-        # Checked from the raw value, so a problem in another field hides no loss problem.
-        value = raw.get(fname, defaults.get(fname))
-        if not isinstance(value, str):
-            continue  # None (no loss) or a type error pydantic reported
-        try:
-            entry: Entry[Any] = pm.losses.get(value, kind=marker.kind)
-        except ConfigError as e:
-            problems += [(prefix + fname, v, a) for _, v, a in e.problems]
-            continue
-        if not can_feed(marker.takes, entry.domain):
-            problems.append((prefix + fname, value, domain_problem(value, entry.domain, str(marker.takes))))
-        given = {str(k): v for k, v in mappings.get(fname, {}).items() if k != "name"}
-        params = None
-        if entry.config_cls is not None:
-            params, found = validate_dataclass(entry.config_cls, given, f"{prefix}{fname}.")
-            problems += found
-        elif given:
-            key = next(iter(given))
-            problems.append((f"{prefix}{fname}.{key}", given[key], f"unknown field; loss {value!r} takes no parameters"))
-        if instance is not None and params is not None and fname in mappings:
-            object.__setattr__(instance, fname, LossRef(value, params))
+    problems += loss_problems(cls, raw, mappings, instance, prefix, pm, validate_dataclass)
     return instance, problems
 
 

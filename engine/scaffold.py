@@ -195,7 +195,7 @@ def new_plugin(name: str, where: Path) -> Path:
 
     :raises ConfigError: ``name`` is not a lowercase identifier, or the folder exists and is not empty.
     """
-    from engine import API_VERSION
+    from engine.hookspecs import API_VERSION
 
     if not name.isidentifier() or keyword.iskeyword(name) or name != name.lower():
         raise ConfigError.one("NAME", name, "must be a lowercase Python identifier, e.g. wae or beta_tcvae")

@@ -43,8 +43,10 @@ class ArchConfig(engine.ModelConfig):
     conv_width: engine.PositiveInt = 32
     """Channels of the first conv layer; each further stride-2 layer doubles them (at most 8×)."""
     recon_loss: Annotated[str, engine.LossName("reconstruction", takes="logits")] = "bce"
-    """A registered reconstruction loss. The decoder outputs logits: ``bce`` gets them as they
-    are; every other loss gets ``sigmoid(logits)``, i.e. images in ``[0, 1]``."""
+    """A registered reconstruction loss, by its domain: the decoder outputs logits, so a
+    ``logits`` loss (``bce``) gets them as they are and a ``probabilities`` loss (``mse``,
+    ``l1``) gets ``sigmoid(logits)``, images in ``[0, 1]``; ``{name: ..., <param>: ...}``
+    passes the loss its own parameters."""
 
     def check(self, data: engine.DataSpec) -> None:
         if self.arch == "conv" and conv_geometry(data.shape) is None:

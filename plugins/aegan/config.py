@@ -75,8 +75,8 @@ class AEGANConfig(engine.ModelConfig):
     penalty_weight: engine.PositiveFloat = 10.0
     """Weight of the penalty (for ``r1`` this is γ and the term is γ/2 · R1)."""
     recon_loss: Annotated[str, engine.LossName("reconstruction", takes="logits")] = "bce"
-    """Pixel reconstruction loss. ``bce`` receives the decoder's logits; any other
-    loss receives images in ``[0, 1]`` (the sigmoid of the logits)."""
+    """Pixel reconstruction loss. A ``logits`` loss (``bce``) receives the decoder's logits;
+    a ``probabilities`` loss receives images in ``[0, 1]`` (the sigmoid of the logits)."""
     rec_weight: engine.NonNegativeFloat = 1.0
     adv_weight: engine.NonNegativeFloat = 1.0
     """``adaptive``: a multiplier of the adaptive weight (1: the adversary's share is ``adv_share``;

@@ -15,7 +15,7 @@ class VAEConfig(ArchConfig):
     ``recon_loss`` picks the likelihood p(x|z): ``bce`` Bernoulli on the decoder's
     logits, ``mse`` a unit-variance Gaussian with mean ``sigmoid(logits)``, ``l1`` a
     unit-scale Laplace; any other registered loss is used as an unnormalised
-    ``-log p(x|z)``.
+    ``-log p(x|z)``, on the logits or on ``sigmoid(logits)`` as its domain says.
     """
 
     latent_dim: engine.PositiveInt = 20
