@@ -22,6 +22,73 @@ TARGET_RSS = 1.2
 TARGET_HOOKS = 0.01
 
 
+#: Why the GPU figures are missing, as the run that made this file was told.
+GPU_NOT_MEASURED = (
+    "for now this workplace lends no device machine through the draw, and it may lend again to later tasks; "
+    "do this task without one"
+)
+
+
+def gpu_figures(out: Path) -> dict[str, Any] | None:
+    """``OUTDIR/gpu.json`` from ``bench/gpu.py`` on a GPU (copied from a gpu_check.sh OUT), else None."""
+    path = out / "gpu.json"
+    if not path.is_file():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return None if data.get("dry_run") else data
+
+
+def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
+    how = [
+        "Produced on a machine with one CUDA GPU by one command, from the repository root:",
+        "",
+        "```bash",
+        "bash bench/gpu_check.sh OUT   # a fresh venv with the CUDA torch, pytest -m gpu, bench/gpu.py; < 8 min",
+        "```",
+        "",
+        "`OUT/summary.txt` says which parts passed; `OUT/gpu.json` holds the figures (copy it into the",
+        "`bench/run_all.sh` output folder and rerun with `REPORT_FROM=` to put them here). `bench/gpu.py` trains",
+        "the DCGAN (`model.name=gan`, `arch=dcgan`) and the conv VAE on 64×64 shapes in bf16, the data resident",
+        "on the GPU on both sides, eager and with `torch.compile` of each sub-network (`trainer.compile=true`),",
+        "engine against the raw loop of `bench/overhead.py`: step time and samples/s (medians of interleaved",
+        "rounds, ratios the medians of per-round ratios), GPU utilisation sampled through NVML while training,",
+        "and peak GPU memory (`torch.cuda.max_memory_allocated`).",
+    ]
+    if gpu is None:
+        return [
+            "Not measured: this machine has no GPU, and none was available to the run that wrote this file",
+            f'(the reason given: "{GPU_NOT_MEASURED}"). No GPU figures are claimed.',
+            "",
+            *how,
+        ]
+    env = gpu["env"]
+    rows = [
+        f"Measured on {env['gpu']} (CUDA {env['cuda']}, torch {env['torch']}), {env['date']}; "
+        f"settings {gpu['settings']}; utilisation from {gpu.get('util_source', 'none')}.",
+        "",
+        "| model | mode | side | ms/step | samples/s | GPU util % | peak MiB |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    ratios = ["", "| model | mode | engine/raw step time | engine/raw peak memory |", "|---|---|---|---|"]
+    for name, res in gpu["models"].items():
+        for mode in ("eager", "compiled"):
+            if mode not in res:
+                continue
+            for side in ("raw", "engine"):
+                v = res[mode][side]
+                util = "n/a" if v["gpu_util_percent"] is None else f"{v['gpu_util_percent']:.0f}"
+                peak = "n/a" if v["peak_mib"] is None else f"{v['peak_mib']:.1f}"
+                rows.append(
+                    f"| {name} | {mode} | {side} | {v['step_ms']:.3f} | {v['samples_per_s']:.0f} | {util} | {peak} |"
+                )
+            mem = res[mode]["engine_over_raw_peak_memory"]
+            ratios.append(
+                f"| {name} | {mode} | {res[mode]['engine_over_raw_step']:.4f} | "
+                f"{'n/a' if mem is None else f'{mem:.4f}'} |"
+            )
+    return [*rows, *ratios, "", *how]
+
+
 NOTES = """\
 **What was found and done.** Profiled first (cProfile, then `torch.profiler` op counts and an in-process A/B
 of `engine.loop.train_step` against a raw step on the same model and optimizer, with a tiny VAE to shrink the
@@ -215,7 +282,16 @@ def main() -> int:
             p(f"| {what} | {r:.3f} | ≤ {target:.2f} | {mark(r <= target)} |")
         else:
             p(f"| {what} | `bench/{log.replace('.txt', '.py')}` did not run | ≤ {target:.2f} | - |")
-    p("| GPU (bf16 DCGAN, conv VAE) | not measured: no GPU on this machine, see [GPU](#gpu) | | |")
+    gpu = gpu_figures(out)
+    if gpu is None:
+        p("| GPU (bf16 DCGAN, conv VAE) | not measured: no GPU on this machine, see [GPU](#gpu) | | |")
+    else:
+        for name, res in gpu["models"].items():
+            for mode in ("eager", "compiled"):
+                if mode in res:
+                    r = res[mode]["engine_over_raw_step"]
+                    what = f"GPU {name} bf16 {mode}: step time engine / raw (see [GPU](#gpu))"
+                    p(f"| {what} | {r:.4f} | ≤ {TARGET_RATIO} | {mark(r <= TARGET_RATIO)} |")
     p("")
 
     # -- step time ---------------------------------------------------------
@@ -425,21 +501,7 @@ def main() -> int:
     # -- GPU ---------------------------------------------------------------------
     p("## GPU")
     p("")
-    p(f"Not measured: this machine has no GPU ({env['gpu']}), and none was lent to this task. No figures are")
-    p("claimed. A GPU run would measure the bf16 autocast throughput of the DCGAN and the conv VAE, engine vs")
-    p("the raw loop vs Lightning (`bf16-mixed`), with the same loss-identity check:")
-    p("")
-    p("```bash")
-    p("python bench/overhead.py --device cuda --precision bf16 --arch conv")
-    p("python bench/memory.py --device cuda --precision bf16 --arch conv   # host RSS only")
-    p("```")
-    p("")
-    p("`--device cuda` puts the model on the GPU on every side (the raw loop and Lightning copy each batch from")
-    p("pinned host memory, as the engine's `MemoryLoader` does) and the epoch timers call")
-    p("`torch.cuda.synchronize()`; `--precision bf16` runs `training_step` under")
-    p("`torch.autocast('cuda', dtype=torch.bfloat16)` on the raw side, `trainer.precision=bf16` in the engine and")
-    p("`precision='bf16-mixed'` in Lightning. Expect the GPU step to be short enough that per-step host work")
-    p("(hook calls, the finiteness check's `.item()` sync) matters more than on CPU: that is what to look at first.")
+    w.extend(gpu_section(gpu))
     p("")
 
     # -- logs --------------------------------------------------------------------
