@@ -734,7 +734,7 @@ def part_gan(ctx: Context, s: Settings, clock: Clock, conditional: bool) -> list
         check=lambda r: r < 1.0,
         missing="not met: EMA not available",
     )
-    spread = Row(
+    spread_row = Row(
         "cGAN within-class feature spread; reference = real held-out",
         target="ratio >= 0.75",
         check=lambda r: r >= 0.75,
@@ -772,8 +772,8 @@ def part_gan(ctx: Context, s: Settings, clock: Clock, conditional: bool) -> list
             acc.engine.append(ctx.report(samples[0], labels)["label_accuracy"])
             acc.reference.append(ctx.report(samples[1], labels)["label_accuracy"])
             real_spread = within_class_spread(classifier_features(ctx.clf, ctx.held.images), ctx.held.labels, 10)
-            spread.engine.append(within_class_spread(classifier_features(ctx.clf, samples[0]), labels, 10))
-            spread.reference.append(real_spread)
+            spread_row.engine.append(within_class_spread(classifier_features(ctx.clf, samples[0]), labels, 10))
+            spread_row.reference.append(real_spread)
         elif HAS_EMA:
             averaged, _ = clock.timed(
                 "GAN+EMA",
@@ -824,7 +824,7 @@ def part_gan(ctx: Context, s: Settings, clock: Clock, conditional: bool) -> list
                 )
     if not conditional and not HAS_EMA:
         print("  GAN with EMA: not met: EMA not available (TrainerConfig has no ema_decay)", flush=True)
-    return [fd, acc, spread] if conditional else [fd, ema]
+    return [fd, acc, spread_row] if conditional else [fd, ema]
 
 
 def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
