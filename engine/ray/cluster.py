@@ -82,7 +82,7 @@ class Cluster:
     """``GENTRAIN_RAY_AUTOSCALING`` is set: nodes appear on demand, :attr:`nodes` is not the limit."""
 
 
-def connect(scaling: ScalingConfig) -> Cluster:
+def connect(scaling: ScalingConfig, log_to_driver: bool = True) -> Cluster:
     """Join or start Ray and fail fast if its nodes can never place ``scaling``'s workers.
 
     Call it inside :func:`ray_environment`: a local Ray started here takes its
@@ -94,7 +94,7 @@ def connect(scaling: ScalingConfig) -> Cluster:
     per_worker = worker_resources(scaling)  # a bad request fails before Ray starts
     if scaling.num_workers > 0:
         require_train_v2()
-    ensure_ray()
+    ensure_ray(log_to_driver)
     cluster = discover()
     if cluster.local:
         os.environ.setdefault(PREEMPTION_WATCHER_ENV, "0")
@@ -103,8 +103,11 @@ def connect(scaling: ScalingConfig) -> Cluster:
     return cluster
 
 
-def ensure_ray() -> None:
+def ensure_ray(log_to_driver: bool = True) -> None:
     """Connect to a running cluster (``RAY_ADDRESS``, or one started with ``ray start``), else start a local one.
+
+    ``log_to_driver=False`` keeps the workers' output off this console (it stays in
+    Ray's log files): ``gentrain tune`` prints its own table instead.
 
     An already initialised Ray (a test fixture, a notebook, ``ray job submit``)
     is used as it is. The Ray we start keeps running until the process ends,
@@ -122,7 +125,7 @@ def ensure_ray() -> None:
     try:
         # Worker output reaches the console (the progress lines of rank 0);
         # Ray's own INFO lines do not.
-        ray.init(logging_level=logging.WARNING, log_to_driver=True)
+        ray.init(logging_level=logging.WARNING, log_to_driver=log_to_driver)
     finally:
         token_log.setLevel(level)
 

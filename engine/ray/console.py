@@ -40,6 +40,8 @@ CONSOLE_LOGGER = "gentrain.console"
 RAY_TRAIN_CONSOLE_LEVEL = "CRITICAL"
 #: ``console`` value of a trainer whose workers' lines are dropped (a Tune trial).
 OFF = "off"
+#: Set by ``gentrain tune`` in each trial's environment: ``off`` drops the trial's own console lines.
+TRIAL_CONSOLE_ENV = "GENTRAIN_TRIAL_CONSOLE"
 
 
 def say(line: str) -> None:
@@ -264,10 +266,79 @@ def failure_notes(
     return FailureNotes()
 
 
+# ---------------------------------------------------------------------------
+# gentrain tune: a compact table of its own
+# ---------------------------------------------------------------------------
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tune_table(metric: str, mode: str, epochs: int) -> Any:
+    """A Ray Tune callback (run in the driver) printing one short row per trial event.
+
+    ``gentrain tune`` shows this instead of Tune's status tables (those come with
+    ``--verbose 2``): a row when a trial starts, after each epoch but its last,
+    and when it ends (done, stopped early by the scheduler, or failed), with the
+    trial's metric, the best value so far and its searched values.
+    """
+    from ray.tune import Callback
+
+    better = min if mode == "min" else max
+
+    class TuneTable(Callback):
+        def __init__(self) -> None:
+            self.best: float | None = None
+            self.t0 = time.perf_counter()
+
+        def _row(self, trial: Any, status: str, result: Mapping[str, Any] | None = None) -> None:
+            result = result or {}
+            epoch = result.get("epoch")
+            value = result.get(metric)
+            if isinstance(value, (int, float)):
+                self.best = float(value) if self.best is None else better(self.best, float(value))
+            params = "  ".join(f"{k}={_number(v)}" for k, v in sorted((trial.config or {}).items()))
+            where = (
+                f"epoch {int(epoch)}/{epochs}" if isinstance(epoch, (int, float)) else " " * (7 + len(str(epochs)) * 2)
+            )
+            shown = f"{metric}={_number(float(value))}" if isinstance(value, (int, float)) else ""
+            best = f"best={_number(self.best)}" if self.best is not None and shown else ""
+            elapsed = format_elapsed(time.perf_counter() - self.t0)
+            print(
+                f"  {elapsed:>6}  {trial.trial_id:<12} {status:<8} {where}  {shown:<20} {best:<16} {params}".rstrip(),
+                flush=True,
+            )
+
+        def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._row(trial, "started")
+
+        def on_trial_result(
+            self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+        ) -> None:
+            if result.get("epoch", 0) < epochs:  # the last epoch's row is the trial's "done"
+                self._row(trial, "running", result)
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            last = trial.last_result or {}
+            self._row(trial, "done" if last.get("epoch", 0) >= epochs else "stopped", last)
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._row(trial, "failed", trial.last_result)
+
+    return TuneTable()
+
+
+def format_elapsed(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
+
+
 __all__ = [
     "CONSOLE_LOGGER",
     "OFF",
     "RAY_TRAIN_CONSOLE_LEVEL",
+    "TRIAL_CONSOLE_ENV",
     "DriverConsole",
     "describe_failure",
     "driver_console",
@@ -275,4 +346,5 @@ __all__ = [
     "failure_notes",
     "install_worker_console",
     "say",
+    "tune_table",
 ]

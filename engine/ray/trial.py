@@ -17,7 +17,7 @@ The Tune trial actor runs :func:`make_trainable`'s function, once per trial::
 Checkpoints and PBT. A trial's engine checkpoints are the loop's own files in
 its run directory. What Tune receives with each report is a *pointer*: a
 directory holding one JSON file that names a hard link of that file under
-``runs/<trial id>/tune-checkpoints/``, out of reach of the loop's
+``runs/<trial id>/.ray/tune-checkpoints/``, out of reach of the loop's
 ``keep_checkpoints`` pruning (the newest ``trainer.keep_checkpoints`` links are
 kept; more under PBT, which clones the checkpoint a trial had at its last
 perturbation). Tune's ``TuneReportCallback`` is not used: it forwards only
@@ -61,6 +61,7 @@ from engine.config import RunConfig, resolve, set_dotted
 from engine.errors import CheckpointError, ConfigError, GentrainError, suggest
 from engine.plugins import PluginManager, load_plugins, using
 from engine.ray import cluster
+from engine.ray import console as ray_console
 from engine.ray.space import native
 from engine.ray.train import POINTER, fit_trainer, make_trainer, pointer_directory, read_pointer, sendable_error
 from engine.trainer import WorkerEnv
@@ -69,8 +70,8 @@ log = logging.getLogger(__name__)
 
 #: The file inside a Tune checkpoint directory that names the engine checkpoint.
 TUNE_POINTER = "gentrain-tune-checkpoint.json"
-#: Folder of a trial's run directory holding the checkpoints Tune's pointers name.
-PINS = "tune-checkpoints"
+#: Folder of a trial's run directory holding the checkpoints Tune's pointers name (with Ray's own files).
+PINS = ".ray/tune-checkpoints"
 #: In a trial's run directory: every result handed to Tune, ``{"epoch": ..., "<metric>": ...}`` per line,
 #: across restarts and PBT clones (Tune's own per-trial log starts again when PBT clones a trial).
 HISTORY = "tune-history.jsonl"
@@ -172,7 +173,7 @@ def adopt_checkpoint(run_dir: Path) -> str | None:
     directory.mkdir(parents=True, exist_ok=True)
     for old in ckpt.list_checkpoints(directory):
         old.unlink(missing_ok=True)
-    name = source.name.split("-", 1)[1] if source.parent.name == PINS else source.name  # step=N.pt
+    name = source.name.split("-", 1)[1] if source.parent.name == Path(PINS).name else source.name  # step=N.pt
     _link(source, directory / name)
     with (run_dir / "exploits.log").open("a") as f:
         f.write(f"{time.time():.3f} cloned {pointer.get('trial_id')} {name}\n")
@@ -314,7 +315,7 @@ def _name_this_cluster_for_train() -> None:
         propagated.add("RAY_ADDRESS")
 
 
-def fit_on_train(run_config: RunConfig, reporter: Reporter, keep: int) -> dict[str, float]:
+def fit_on_train(run_config: RunConfig, reporter: Reporter, keep: int, console: Any = None) -> dict[str, float]:
     """Run the trial's training on Ray Train workers; relay each report to Tune from this thread.
 
     The same trainer as a single run's (:func:`engine.ray.train.make_trainer`),
@@ -325,7 +326,7 @@ def fit_on_train(run_config: RunConfig, reporter: Reporter, keep: int) -> dict[s
 
     _name_this_cluster_for_train()
     queue = Queue(maxsize=1, actor_options={"num_cpus": 0})
-    trainer = make_trainer(run_config, callbacks=[_relay_class()(queue, keep)])
+    trainer = make_trainer(run_config, callbacks=[_relay_class()(queue, keep)], console=console)
     outcome: dict[str, Any] = {}
 
     def fit() -> None:
@@ -363,6 +364,9 @@ def make_trainable(setup: TrialSetup) -> Callable[[dict[str, Any]], None]:
         from ray import tune as ray_tune
 
         apply_env(setup.env)
+        quiet = os.environ.get(ray_console.TRIAL_CONSOLE_ENV) == ray_console.OFF
+        if quiet:  # gentrain tune prints its own table
+            ray_console.install_worker_console(ray_console.OFF, 0, 1)
         # One INFO line per checkpoint handed to Tune, in every trial.
         for name in ("ray.train", "ray.train._internal.storage", "ray.tune"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -381,7 +385,7 @@ def make_trainable(setup: TrialSetup) -> Callable[[dict[str, Any]], None]:
                 env = TuneWorkerEnv(device=device, reporter=reporter, keep=setup.keep)
                 final = loop.train(run_config, env, plugins)
             else:
-                final = fit_on_train(run_config, reporter, setup.keep)
+                final = fit_on_train(run_config, reporter, setup.keep, ray_console.OFF if quiet else None)
             reporter.finish(final)
 
     def run_trial(params: dict[str, Any]) -> None:

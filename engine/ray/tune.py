@@ -24,10 +24,11 @@ logical memory and no CPU (:func:`engine.ray.cluster.trial_resources`).
 resources.
 
 Where things are. An experiment lives in ``<run.output_dir>/<run.name>``
-(``run.name`` defaults to ``tune-<model>-<time>``): Tune's files and one
-folder per trial (named by the trial id), ``runs/<trial id>/`` (each trial's
-gentrain run directory: config.yaml, metrics.csv, checkpoints, samples,
-``tune-history.jsonl``), and at the end ``trials.csv``, ``trials.png`` and
+(``run.name`` defaults to ``tune-<model>-<time>``): Tune's own files under
+``.ray/<name>/`` (one folder per trial there, named by the trial id; no TensorBoard
+files of Tune's), ``runs/<trial id>/`` (each trial's gentrain run directory:
+config.yaml, metrics.csv, checkpoints, tensorboard, samples, ``tune-history.jsonl``;
+Ray's files under its ``.ray/``), and at the end ``trials.csv``, ``trials.png`` and
 ``best.yaml`` (the best trial's whole run config, named ``<experiment>-best``).
 How a trial's checkpoints reach Tune, and how PBT clones them, is told in
 :mod:`engine.ray.trial`.
@@ -65,8 +66,10 @@ from engine.paths import resolve_output_dir
 from engine.plugins import PluginManager, using
 from engine.prepare import prepare
 from engine.ray import cluster
+from engine.ray import console as ray_console
 from engine.ray.results import TuneResult, summarize
 from engine.ray.space import check_mutations, check_space, is_grid, normalize_space, pbt_mutations, representative
+from engine.ray.train import RAY_FOLDER
 from engine.ray.trial import METRIC_MARKER, TrialSetup, make_trainable
 
 log = logging.getLogger(__name__)
@@ -100,7 +103,8 @@ def tune(
     :param hyperparam_mutations: what PBT perturbs (default: every searched key).
     :param resume: continue the experiment named ``run.name`` (default: the newest
         ``tune-<model>-*`` in ``run.output_dir``) where it stopped.
-    :param verbose: Tune's console output, 0 (none) to 3.
+    :param verbose: the console: 0 nothing, 1 gentrain's compact table of trials (a row per trial
+        event), 2 and 3 Ray Tune's own status tables (its ``verbose`` 2 and 3) with every trial's lines.
     :raises ConfigError: before Ray starts, for a bad config, a key that is not a config field,
         a value a field does not allow, a metric the model does not report, a missing optional package.
     """
@@ -144,13 +148,21 @@ def tune(
             search_alg = make_search(settings, space)
         scaling = resolve(setup.base, pm).scaling
         with cluster.ray_environment():
-            found = cluster.connect(scaling)
+            # Below verbose 2 the trials' own output stays in Ray's log files.
+            found = cluster.connect(scaling, log_to_driver=verbose >= 2)
             concurrency = _concurrency(settings, scaling, found)
             if found.local:
                 # Spot-instance preemption cannot happen on this machine (ray#53727).
                 watcher = cluster.PREEMPTION_WATCHER_ENV
                 setup.env[watcher] = os.environ.get(watcher, "0")
             setup.driver_resources = cluster.trial_resources(scaling)
+            # gentrain tune's own table (verbose 1) replaces the trials' console lines; verbose 2 shows both.
+            setup.env[ray_console.TRIAL_CONSOLE_ENV] = "on" if verbose >= 2 else ray_console.OFF
+            if verbose == 1:
+                ray_console.say(
+                    f"tune {experiment_dir.name}: metric {setup.metric} ({setup.mode}), up to {concurrency} "
+                    f"trial(s) at a time; each trial's run in {experiment_dir / 'runs'}/<trial>"
+                )
             if not resume:
                 experiment_dir.mkdir(parents=True, exist_ok=True)
                 (experiment_dir / SETUP_FILE).write_text(json.dumps(setup.to_json(), indent=1))
@@ -369,13 +381,24 @@ def _run_tuner(
     verbose: int,
 ) -> Any:
     from ray import tune as ray_tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     trainable = ray_tune.with_resources(make_trainable(setup), dict(setup.driver_resources))
     experiment_dir = Path(setup.experiment_dir)
-    with _quiet_tune():
+    # Tune's own files under <experiment>/.ray/<name>/ (an experiment from before that: at the top).
+    tune_dir = experiment_dir / RAY_FOLDER / experiment_dir.name
+    if resume and not tune_dir.is_dir():
+        tune_dir = experiment_dir
+    # Tune's result.json and progress.csv, but not a second TensorBoard tree per trial; below
+    # verbose 2 Tune's older console output, which (unlike the new one) prints nothing at verbose 0.
+    no_tbx = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1", **({"RAY_AIR_NEW_OUTPUT": "0"} if verbose < 2 else {})}
+    callbacks: list[Any] = [CSVLoggerCallback(), JsonLoggerCallback()]
+    if verbose == 1:
+        callbacks.append(ray_console.tune_table(setup.metric, setup.mode, int(setup.base["trainer"]["epochs"])))
+    with _quiet_tune(), cluster.ray_environment(no_tbx):
         if resume:
-            if not ray_tune.Tuner.can_restore(str(experiment_dir)):
+            if not ray_tune.Tuner.can_restore(str(tune_dir)):
                 raise ConfigError.one(
                     "run.name",
                     experiment_dir.name,
@@ -384,7 +407,7 @@ def _run_tuner(
                 )
             (experiment_dir / METRIC_MARKER).unlink(missing_ok=True)
             tuner = ray_tune.Tuner.restore(
-                str(experiment_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
+                str(tune_dir), trainable=trainable, resume_unfinished=True, resume_errored=True
             )
         else:
             tuner = ray_tune.Tuner(
@@ -403,14 +426,16 @@ def _run_tuner(
                 ),
                 run_config=ray_tune.RunConfig(
                     name=experiment_dir.name,
-                    storage_path=str(experiment_dir.parent),
+                    storage_path=str(experiment_dir / RAY_FOLDER),
                     failure_config=ray_tune.FailureConfig(max_failures=settings.max_failures),
                     # Tune keeps every pointer (a few bytes each); the files they name are
                     # pruned to setup.keep per trial (_pin). Tune's own pruning, under PBT,
                     # trips over checkpoints that exploited trials point to.
                     checkpoint_config=ray_tune.CheckpointConfig(num_to_keep=None),
                     stop=_stopper_class()(str(experiment_dir)),
-                    verbose=verbose,
+                    # Tune's own status tables from verbose 2 on; verbose 1 is gentrain's table.
+                    verbose=verbose if verbose >= 2 else 0,
+                    callbacks=callbacks,
                 ),
             )
         with warnings.catch_warnings():

@@ -1,0 +1,64 @@
+"""``gentrain tune`` as a user sees it: a short table of its own, and one checkpoint and TensorBoard tree per trial."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.ray
+
+
+def test_tune_of_two_trials_prints_a_short_table_and_keeps_one_tree_per_trial(tmp_path: Path) -> None:
+    config = {
+        "model": {"name": "vae", "hidden": [16], "latent_dim": 4},
+        "data": {"name": "shapes", "n": 256, "size": 8, "val_fraction": 0.25},
+        "trainer": {"epochs": 2, "batch_size": 32, "seed": 0},
+        "scaling": {"num_workers": 1, "max_failures": 0, "start_timeout_s": 300},
+        "run": {"name": "exp", "output_dir": str(tmp_path / "out")},
+        "callbacks": {"sample_every": 1, "num_samples": 4},
+        "tune": {"metric": "val/elbo", "mode": "min", "num_samples": 1, "scheduler": "none"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump({"optim.lr": {"grid_search": [1e-3, 2e-3]}}))
+    env = {k: v for k, v in os.environ.items() if k not in ("GENTRAIN_PLUGINS", "GENTRAIN_DISABLE_PLUGIN_AUTOLOAD")}
+    env.update(RAY_ADDRESS="local", GENTRAIN_DISABLE_PLUGINS="plots")  # a Ray of its own
+    command = [sys.executable, "-m", "engine.cli", "tune", "config.yaml", "--space", "space.yaml"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=560)
+    out = done.stdout + done.stderr
+    print(out)
+    assert done.returncode == 0, out[-3000:]
+    lines = out.splitlines()
+    assert len(lines) < 30, out
+    assert lines[0].startswith("[gentrain] tune exp: metric val/elbo (min)")
+    assert sum(" started " in line for line in lines) == 2
+    assert sum(" done " in line and "epoch 2/2" in line for line in lines) == 2
+    assert not [line for line in lines if "pid=" in line or "Trial status" in line or "╭" in line]
+    assert "best.yaml" in out
+
+    experiment = tmp_path / "out" / "exp"
+    runs = sorted(p for p in (experiment / "runs").iterdir() if p.is_dir())
+    assert len(runs) == 2
+    # Ray Tune's and Ray Train's own files are under .ray/ folders; gentrain's at the top.
+    assert {p.name for p in experiment.iterdir()} == {
+        ".ray",
+        "runs",
+        "gentrain-tune.json",
+        "trials.csv",
+        "trials.png",
+        "best.yaml",
+    }
+
+    def outside_ray(path: Path) -> bool:
+        return ".ray" not in path.relative_to(experiment).parts
+
+    checkpoint_trees = sorted(
+        p for p in experiment.rglob("*") if p.is_dir() and p.name.startswith("checkpoint") and outside_ray(p)
+    )
+    assert checkpoint_trees == [run / "checkpoints" for run in runs]
+    event_trees = sorted({p.parent for p in experiment.rglob("events.out.tfevents.*")})
+    assert event_trees == [run / "tensorboard" for run in runs]  # also none of Tune's own under .ray/
