@@ -170,7 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key.path=value, e.g. tune.num_samples=16 tune.metric=val/recon")
     p.add_argument("--space", help="search space YAML: dotted.key: {loguniform|uniform|choice|grid_search|...: [...]}")
     p.add_argument("--resume", action="store_true", help="continue run.name's search (else the newest)")
-    p.add_argument("--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="0 quiet, 1 gentrain's table, 2-3 Ray Tune's")
+    p.add_argument(
+        "--verbose", type=int, default=1, choices=[0, 1, 2, 3], help="0 quiet, 1 gentrain's table, 2-3 Ray Tune's"
+    )
     p.set_defaults(func=cmd_tune)
     p = sub.add_parser("plugins", help="list plugins and what they registered")
     p.add_argument("-v", "--verbose", action="store_true", help="every model, loss, dataset and option with its fields")
