@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from plugins.datasets.io import make_shapes
 from engine.metrics import frechet_distance
 from plugins.aegan import AEGAN, AEGANConfig
+from plugins.datasets.io import make_shapes
 
 SHAPES = {"name": "shapes", "n": 2000, "size": 32}
 
@@ -251,7 +251,8 @@ def test_bad_fields_fail_before_training(tmp_path: Path) -> None:
 
 #: At the defaults (adv_weight_mode=adaptive, adv_share=0.4) the logged share at the shared last layer.
 SHARE_BAND = (0.35, 0.45)
-#: ... and its share of the whole decoder's gradient (seen 0.35-0.37 after 12 steps on shapes; lower with the old fixed weight).
+#: ... and its share of the whole decoder's gradient (seen 0.35-0.37 after 12 steps on shapes;
+#: lower with the old fixed weight).
 DECODER_SHARE_BAND = (0.2, 0.7)
 
 

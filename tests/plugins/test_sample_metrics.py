@@ -105,6 +105,7 @@ def test_tune_metric_val_frechet_works_from_config_alone(
     assert len(result.trials) == 2
     assert all(t.error is None for t in result.trials), [t.error for t in result.trials]
     for trial in result.trials:
-        assert trial.metric is not None and math.isfinite(trial.metric), trial
+        assert trial.metric is not None, trial
+        assert math.isfinite(trial.metric), trial
         assert "val/frechet" in csv_rows(trial.run_dir)[-1]
     assert result.best is not None
