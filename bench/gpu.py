@@ -220,8 +220,11 @@ def raw_run(s: GpuSetup, args: argparse.Namespace) -> Run:
 # ---------------------------------------------------------------------------
 
 
-def bench_model(name: str, args: argparse.Namespace, sampler: UtilSampler) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": MODELS[name]}
+def bench_model(
+    name: str, args: argparse.Namespace, sampler: UtilSampler, out: dict[str, Any], save: Callable[[], None]
+) -> None:
+    """Both sides of one model, eager and/or compiled, into ``out``; ``save`` after each mode."""
+    out["model"] = MODELS[name]
     for compiled in args.compile_modes:
         margs = argparse.Namespace(**{**vars(args), "compile": compiled})
         s = make_setup(name, margs)
@@ -243,13 +246,14 @@ def bench_model(name: str, args: argparse.Namespace, sampler: UtilSampler) -> di
             line = "  ".join(f"{n}={per[n][-1].step_s * 1e3:.3f}" for n in names)
             print(f"    round {r + 1}/{args.reps} ({' > '.join(order)}) ms/step: {line}", flush=True)
         out[mode] = summarise(per, args.batch, steps)
+        save()
         del s
         gc.collect()
     if "eager" in out and "compiled" in out:
         out["compiled_over_eager_step"] = {
             side: out["compiled"][side]["step_ms"] / out["eager"][side]["step_ms"] for side in SIDES
         }
-    return out
+        save()
 
 
 def summarise(per: dict[str, list[Measured]], batch: int, steps: int) -> dict[str, Any]:
@@ -351,19 +355,26 @@ def main(argv: list[str] | None = None) -> int:
         k: getattr(args, k) for k in ("size", "batch", "steps", "epochs", "warmup", "reps", "precision", "threads")
     }
     settings |= {"device": args.device, "compile_modes": ["compiled" if c else "eager" for c in args.compile_modes]}
-    results: dict[str, Any] = {"dry_run": dry, "env": env, "settings": settings, "models": {}}
+    results: dict[str, Any] = {"dry_run": dry, "complete": False, "env": env, "settings": settings, "models": {}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "gpu.json"
     sampler = UtilSampler()
+
+    def save() -> None:
+        results["util_source"] = sampler.source
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)
+
     sampler.start()
     try:
         for name in args.models.split(","):
-            results["models"][name] = bench_model(name, args, sampler)
+            bench_model(name, args, sampler, results["models"].setdefault(name, {}), save)
     finally:
         sampler.stop()
-    results["util_source"] = sampler.source
+    results["complete"] = True
+    save()
     report(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "gpu.json"
-    path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}" + (" (dry run: no figures)" if dry else ""))
     return 0
 

@@ -64,7 +64,8 @@ def gpu_section(gpu: dict[str, Any] | None) -> list[str]:
     env = gpu["env"]
     rows = [
         f"Measured on {env['gpu']} (CUDA {env['cuda']}, torch {env['torch']}), {env['date']}; "
-        f"settings {gpu['settings']}; utilisation from {gpu.get('util_source', 'none')}.",
+        f"settings {gpu['settings']}; utilisation from {gpu.get('util_source', 'none')}."
+        + ("" if gpu.get("complete", True) else " **Incomplete**: the run was cut short; what it finished is shown."),
         "",
         "| model | mode | side | ms/step | samples/s | GPU util % | peak MiB |",
         "|---|---|---|---|---|---|---|",

@@ -259,8 +259,11 @@ def test_compiled_sub_networks_give_the_eager_losses_on_the_gpu(tmp_path: Path, 
     assert len(compiled.losses) == len(eager.losses) == 4
     for step, (c, e) in enumerate(zip(compiled.losses, eager.losses, strict=True)):
         assert c.keys() == e.keys()
+        # The first step differs only by the fused forward; later ones also by cuDNN's
+        # non-deterministic backward, which eager against eager shows too.
+        rel, abs_ = (1e-3, 1e-4) if step == 0 else (1e-2, 1e-3)
         for key in e:
-            assert c[key] == pytest.approx(e[key], rel=1e-3, abs=1e-4), f"step {step} {key}"
+            assert c[key] == pytest.approx(e[key], rel=rel, abs=abs_), f"step {step} {key}"
 
 
 # ---------------------------------------------------------------------------
@@ -273,7 +276,9 @@ def test_gentrain_sample_on_the_gpu(tmp_path: Path) -> None:
     with plugin_manager():
         result = engine.fit(family_config(tmp_path, "cgan", name="cgan", precision="bf16"))
     out = tmp_path / "samples.pt"
-    gentrain = shutil.which("gentrain") or str(Path(sys.executable).parent / "gentrain")
+    # This interpreter's own gentrain first (a venv's), then the one on PATH.
+    beside = Path(sys.executable).parent / "gentrain"
+    gentrain = str(beside) if beside.exists() else shutil.which("gentrain") or "gentrain"
     proc = subprocess.run(
         [gentrain, "sample", str(result.run_dir), "--n", "12", "--seed", "3", "--out", str(out), "--device", "cuda"],
         capture_output=True,
