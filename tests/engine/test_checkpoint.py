@@ -126,7 +126,8 @@ def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
         "callbacks": {"progress": False, "tensorboard": False, "sample_every": 0},
     }
     engine.fit({"model": {"name": "ae"}, **common})
-    with pytest.raises(engine.CheckpointError, match=r"checkpoint .*step=\d+\.pt is of model 'ae', but this run trains 'vae'"):
+    refused = r"checkpoint .*step=\d+\.pt is of model 'ae', but this run trains 'vae'"
+    with pytest.raises(engine.CheckpointError, match=refused):
         engine.fit({"model": {"name": "vae"}, **common})
     with pytest.raises(engine.CheckpointError, match=r"does not fit this model"):
         engine.fit({"model": {"name": "ae", "latent_dim": 3}, **common})
