@@ -62,3 +62,30 @@ def test_tune_of_two_trials_prints_a_short_table_and_keeps_one_tree_per_trial(tm
     assert checkpoint_trees == [run / "checkpoints" for run in runs]
     event_trees = sorted({p.parent for p in experiment.rglob("events.out.tfevents.*")})
     assert event_trees == [run / "tensorboard" for run in runs]  # also none of Tune's own under .ray/
+
+
+def test_tune_table_rows(capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from engine.ray.console import tune_table
+
+    table = tune_table("val/loss", "min", 4)
+    a = SimpleNamespace(trial_id="a_00000", config={"optim.lr": 0.001}, last_result={})
+    b = SimpleNamespace(trial_id="a_00001", config={"optim.lr": 0.01}, last_result={})
+    table.on_trial_start(0, [], a)
+    table.on_trial_result(0, [], a, {"epoch": 1, "val/loss": 0.5})
+    table.on_trial_result(0, [], b, {"epoch": 1, "val/loss": 0.7})
+    b.last_result = {"epoch": 2, "val/loss": 0.6}
+    table.on_trial_complete(0, [], b)  # stopped early by the scheduler
+    table.on_trial_result(0, [], a, {"epoch": 4, "val/loss": 0.25})  # its last epoch: shown as "done"
+    a.last_result = {"epoch": 4, "val/loss": 0.25}
+    table.on_trial_complete(0, [], a)
+    rows = capsys.readouterr().out.splitlines()
+    assert len(rows) == 5
+    assert "a_00000      started" in rows[0]
+    assert rows[0].endswith("optim.lr=0.001")
+    assert "running  epoch 1/4  val/loss=0.5" in rows[1]
+    assert "best=0.5 " in rows[2]  # the best of all trials so far
+    assert "a_00001      stopped  epoch 2/4  val/loss=0.6" in rows[3]
+    assert "a_00000      done     epoch 4/4  val/loss=0.25" in rows[4]
+    assert "best=0.25" in rows[4]
