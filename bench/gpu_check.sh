@@ -24,7 +24,8 @@
 #   GENTRAIN_GPU_CHECK_CPU=1      dry run without a GPU: installs the CPU torch
 #                                 (GENTRAIN_GPU_CHECK_TORCH_SPEC, default torch==2.13.0, the README's pin),
 #                                 runs the same parts; the GPU tests skip and the bench runs
-#                                 --allow-cpu-dry-run. Nothing is measured.
+#                                 --allow-cpu-dry-run. Nothing is measured. On a busy 2-core machine the
+#                                 bench's CPU compile can outrun its cap: add GENTRAIN_GPU_BENCH_ARGS=--no-compile.
 #   GENTRAIN_GPU_CHECK_TORCH=system  no torch install: the venv also sees the packages of the
 #                                 interpreter that made it (its CUDA torch), behind its own
 #   GENTRAIN_WHEELHOUSE=DIR       install offline: every wheel in DIR (pip --no-index --find-links DIR),
