@@ -172,8 +172,13 @@ def describe(pm: Any) -> dict[str, Any]:
         d = _entry(e)
         d["section"] = CALLBACKS if e.kind == CALLBACKS else e.name
         options.append(d)
+    from engine.config import _SECTIONS, DataConfig
+
+    engine_sections = {name: describe_fields(cls) for name, cls in _SECTIONS.items()}
+    engine_sections["data"] = [f for f in describe_fields(DataConfig) if f["name"] != "params"]
     return {
         "plugins": plugins,
+        "sections": engine_sections,
         "models": [_entry(e) for e in pm.models],
         "losses": [_entry(e) for e in pm.losses],
         "datasets": [_entry(e) for e in pm.datasets],
@@ -201,6 +206,13 @@ def to_text(data: dict[str, Any]) -> str:
     for p in data["plugins"]:
         origin = "built-in" if p["builtin"] else (p["distribution"] or "GENTRAIN_PLUGINS")
         lines.append(f"  {p['name']} {p['version']} ({origin}: {p['module']})")
+        events = [h for h in p["hooks"] if h.startswith("gentrain_on_") or h == "gentrain_make_optimizer"]
+        if events:
+            lines.append("      trainer hooks: " + ", ".join(events))
+    lines.append("engine sections (every run config has them; model.* and data.* add the entry's fields):")
+    for name, fields in data.get("sections", {}).items():
+        lines.append(f"  {name}")
+        lines += _fields_text(fields, "      ")
     for label, key in (("models", "models"), ("losses", "losses"), ("datasets", "datasets"), ("options", "options")):
         lines.append(f"{label}:")
         for e in data[key]:

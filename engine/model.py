@@ -6,7 +6,7 @@ import dataclasses
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -120,6 +120,12 @@ class Model(nn.Module):
     ``DistributedDataParallel`` (replacing the attribute), so ``self.gen(z)``
     inside :meth:`training_step` synchronises gradients of ``gen`` only.
     """
+
+    batch_statistics: ClassVar[bool] = False
+    """``True`` when the losses use statistics over the batch (batch norm in training mode, an MMD or
+    total-correlation estimate): each worker takes them over its own ``trainer.batch_size`` images, so
+    N workers × B do not train like 1 × N·B. The contract's DDP check then reports the difference
+    instead of failing (``docs/plugins.md``: DDP rules)."""
 
     def __init__(self, config: Any, data: DataSpec) -> None:
         super().__init__()

@@ -242,12 +242,15 @@ class ModelContract:
         ranks = run_ddp(self, world)
         differences = compare_ddp(reference, ranks, rtol=self.ddp_rtol, atol=self.ddp_atol)
         model_cls = self._build()[0].__class__
-        if differences and not getattr(model_cls, "batch_statistics", False):
+        report = f"model {self.model_name!r}: {world} processes × batch {b} differ from 1 process × batch {world * b}:"
+        report += "\n  " + "\n  ".join(differences)
+        if differences and getattr(model_cls, "batch_statistics", False):
+            print(report + "\n(expected: the model sets batch_statistics = True)")  # shown with pytest -rA / -s
+        elif differences:
             raise AssertionError(
-                f"model {self.model_name!r}: {world} processes × batch {b} differ from 1 process × batch "
-                f"{world * b}:\n  " + "\n  ".join(differences) + "\nDraw noise with self.batch_randn, return "
-                "batch-mean losses, and avoid statistics over the batch; a model that needs them sets "
-                "`batch_statistics = True` on its class (README: DDP rules)."
+                report + "\nDraw noise with self.batch_randn, return batch-mean losses, and avoid statistics "
+                "over the batch; a model that needs them sets `batch_statistics = True` on its class "
+                "(docs/plugins.md: DDP rules)."
             )
 
 

@@ -82,6 +82,7 @@ def test_the_ddp_contract_flags_a_per_rank_batch_statistic() -> None:
     assert "batch_statistics = True" in msg
 
 
-def test_a_model_marked_batch_statistics_is_reported_not_failed() -> None:
+def test_a_model_marked_batch_statistics_is_reported_not_failed(capsys: pytest.CaptureFixture[str]) -> None:
     contract = type("C", (_Contract,), {"model": "toy_mmd_marked"})()
     contract.test_ddp_matches_one_process()
+    assert "loss 'mmd'" in capsys.readouterr().out

@@ -93,6 +93,8 @@ def test_plugins_verbose_lists_every_entry_with_fields_as_text_and_json(capsys: 
     assert beta["default"] == 1.0
     assert "KL" in beta["doc"]
     assert any(o["section"] == "callbacks" for o in data["options"])
+    batch = next(f for f in data["sections"]["trainer"] if f["name"] == "batch_size")
+    assert (batch["type"], batch["default"]) == ("int > 0", 64)
 
 
 def test_config_show_prints_the_resolved_config(capsys: pytest.CaptureFixture[str]) -> None:
