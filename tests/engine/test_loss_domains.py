@@ -115,3 +115,19 @@ def test_built_in_losses_declare_their_domains() -> None:
     assert domains["bce"] == "logits"
     assert domains["mse"] == domains["l1"] == "probabilities"
     assert all(d is not None for d in domains.values()), domains
+
+
+def test_the_fixture_plugins_huber_gets_one_sigmoid_in_a_built_in_model() -> None:
+    """The README's `model.name=ae model.recon_loss=huber`: the sigmoid is applied once, by get_loss."""
+    import torch.nn.functional as F
+
+    with plugin_manager(autoload=True) as pm:
+        if "huber" not in pm.losses:
+            pytest.skip("the fixture plugin is not installed (pip install ./tests/fixtures/gentrain-tiny)")
+        config = engine.resolve({"model": {"name": "ae", "recon_loss": {"name": "huber", "delta": 0.25}}}, pm)
+        from plugins.ae import AE
+
+        model = AE(config.model.params, engine.DataSpec((1, 4, 4)))
+    logits, x = torch.randn(3, 1, 4, 4) * 3, torch.rand(3, 1, 4, 4)
+    once = F.huber_loss(torch.sigmoid(logits), x, reduction="none", delta=0.25).flatten(1).sum(1)
+    assert torch.allclose(model.recon_loss(logits, x), once)
