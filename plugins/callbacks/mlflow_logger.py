@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
+from plugins.callbacks.tracking import epoch_grids, flatten
 
 
 @dataclass(frozen=True)
@@ -32,23 +33,6 @@ class MlflowOptions:
     experiment: str = "gentrain"
     tracking_uri: str | None = None
     run_name: str | None = None
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """The nested config as dotted keys with text values (MLflow params are strings)."""
-    out: dict[str, str] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = str(value)[:6000]
-    return out
-
-
-def epoch_grids(run_dir: Path, epoch: int) -> list[Path]:
-    """The PNG grids ``sample_grids`` wrote for 1-based ``epoch``."""
-    return sorted((run_dir / "samples").glob(f"epoch={epoch:04d}-*.png"))
 
 
 class MlflowLogger:
@@ -120,7 +104,7 @@ class MlflowLogger:
             tags={"gentrain.run_dir": str(trainer.run_dir), "gentrain.model": trainer.config.model.name},
         )
         self.run_id = run.info.run_id
-        params = [Param(k, v) for k, v in flatten(trainer.config.to_dict()).items()]
+        params = [Param(k, str(v)[:6000]) for k, v in flatten(trainer.config.to_dict()).items()]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i : i + 100])
 
@@ -136,7 +120,7 @@ class MlflowLogger:
         ]
         if values:
             self.client.log_batch(self.run_id, metrics=values)
-        for path in epoch_grids(Path(trainer.run_dir), epoch + 1):
+        for path in epoch_grids(Path(trainer.run_dir), epoch + 1).values():
             self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
 
     def _end(self, status: str) -> None:

@@ -16,26 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import engine
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.001, ...}``: the nested config as dotted keys; lists and ``None`` as text."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            out[name] = value
-        else:
-            out[name] = str(value)
-    return out
-
-
-def epoch_grids(run_dir: Path, epoch: int) -> dict[str, Path]:
-    """The PNG grids ``sample_grids`` wrote for 1-based ``epoch``: ``{"samples": path, "reconstructions": path}``."""
-    found = sorted((run_dir / "samples").glob(f"epoch={epoch:04d}-*.png"))
-    return {p.stem.split("-", 1)[1]: p for p in found}
+from plugins.callbacks.tracking import epoch_grids, flatten
 
 
 @dataclass(frozen=True)
@@ -95,7 +76,11 @@ class TensorBoard:
         final = {k: float(v) for k, v in (trainer.metrics or {}).items() if k not in ("epoch", "step")}
         if not final:
             return
-        exp, ssi, sei = hparams(flatten(trainer.config.to_dict()), final)
+        values = {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in flatten(trainer.config.to_dict()).items()
+        }
+        exp, ssi, sei = hparams(values, final)
         writer = self.writer.file_writer
         for summary in (exp, ssi, sei):
             writer.add_summary(summary, trainer.step)

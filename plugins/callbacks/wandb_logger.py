@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import engine
+from plugins.callbacks.tracking import epoch_grids, flatten
 
 
 @dataclass(frozen=True)
@@ -31,24 +32,6 @@ class WandbOptions:
     base_url: str | None = None
     mode: Literal["online", "offline", "disabled"] | None = None
     run_name: str | None = None
-
-
-def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """The nested config as dotted keys (so W&B's run table has one column per field)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out
-
-
-def epoch_grids(run_dir: Path, epoch: int) -> dict[str, Path]:
-    """The PNG grids ``sample_grids`` wrote for 1-based ``epoch``: ``{"samples": path, "reconstructions": path}``."""
-    found = sorted((run_dir / "samples").glob(f"epoch={epoch:04d}-*.png"))
-    return {p.stem.split("-", 1)[1]: p for p in found}
 
 
 class WandbLogger:
