@@ -37,6 +37,11 @@ def check_writable(config: RunConfig) -> None:
     symlink, or not writable; the run directory or its ``checkpoints/`` may be a file.
     """
     here = run_dir(config)
+    saved = here / "config.yaml"
+    if os.path.lexists(saved) and not saved.is_file():
+        raise ConfigError.one(
+            "run.name", config.run.name, f"{saved} is not a file; remove it or choose another run.name"
+        )
     # From checkpoints/ up: the first thing that exists must be a writable folder.
     for p in (here / "checkpoints", here, *here.parents):
         field, value = (

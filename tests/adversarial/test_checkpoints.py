@@ -209,6 +209,12 @@ def test_checkpoints_that_is_a_file(cli: Any, tmp_path: Path) -> None:
     refused(cli(args(run)), "run.name", str(run / "checkpoints"))
 
 
+def test_config_yaml_that_is_a_directory(cli: Any, run: Path) -> None:
+    (run / "config.yaml").unlink()
+    (run / "config.yaml").mkdir()
+    refused(cli(args(run, "trainer.epochs=3"), train=True), "run.name", str(run / "config.yaml"))
+
+
 def test_run_directory_that_is_a_file(cli: Any, tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "r").write_text("x")
