@@ -11,9 +11,20 @@
 
 Variants are interleaved, the order rotated every round; medians over rounds.
 
+4. **A folder of PNGs** (``--part folder``): images/s delivered to the model (float
+   batches out of ``iter_from``) for ``data.loader=memory`` (decoded once, timed
+   per epoch after that), ``dataloader`` with 0, 1 and 2 worker processes, and
+   ``ray_data`` (a local Ray cluster decodes, the shard iterator delivers), each
+   against a hand-written ``DataLoader`` + ImageFolder-style reference with the
+   same transforms (resize, centre crop, random crop, flip) and the same number of
+   workers. The folder is written by ``plugins.datasets.make_folder``
+   (``--n`` images, ``--size``). Wall and CPU time (this process and every process
+   under it: loader workers, Ray's workers) are reported as ratios of medians.
+
 Usage::
 
-    python bench/data_path.py [--reps 5] [--epochs 3]
+    python bench/data_path.py [--reps 5] [--epochs 3] [--part mnist|folder|all]
+    python bench/data_path.py --part folder --n 4000 --reps 5      # the folder part alone
 """
 
 from __future__ import annotations
@@ -31,6 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import data_folder  # noqa: E402
 import overhead  # noqa: E402
 import torch  # noqa: E402
 
@@ -96,11 +108,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--epochs", type=int, default=3, help="epochs per training run, the first excluded")
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--part", choices=["mnist", "folder", "all"], default="all")
+    data_folder.add_args(p)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    result: dict[str, Any] = {"threads": args.threads}
+    if args.part in ("folder", "all"):
+        print(f"# bench/data_path.py --part folder: {args.n} PNGs, batch {args.batch}, threads {args.threads}")
+        result["folder"] = data_folder.run(args)
+    if args.part == "folder":
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     _, note = overhead.data_section(args.limit)
     print(f"# bench/data_path.py: {note}, batch {args.batch}, threads {args.threads}")
-    result: dict[str, Any] = {"data": note, "threads": args.threads}
+    result["data"] = note
 
     loaders = {n: engine_loader(n, args, args.batch) for n in LOADERS}
     alone = rounds(args, {n: (lambda n=n: loader_epoch_s(loaders[n])) for n in LOADERS})

@@ -164,10 +164,12 @@ def decode(path: str, t: Transforms) -> torch.Tensor:
                 )
             if t.resize and opened.format == "JPEG":
                 opened.draft(mode, (t.resize, t.resize))  # decode at a reduced scale when it is much larger
-            image = ImageOps.exif_transpose(opened)  # camera JPEGs store rotation in EXIF
+            # Camera JPEGs store their rotation in EXIF (a file without EXIF skips the parse and the copy).
+            image = ImageOps.exif_transpose(opened) if "exif" in opened.info else opened
             if image.mode == "P" and "transparency" in image.info:
                 image = image.convert("RGBA")  # avoids Pillow's palette-transparency warning
-            image = image.convert(mode)
+            if image.mode != mode:
+                image = image.convert(mode)
             width, height = image.size
             if t.resize:
                 scale = t.resize / min(width, height)
@@ -181,8 +183,10 @@ def decode(path: str, t: Transforms) -> torch.Tensor:
                     f"image {path} is {width}×{height}, smaller than the {c}×{c} crop "
                     "(data.center_crop, or data.size); set data.resize to scale images first"
                 )
-            left, top = (width - c) // 2, (height - c) // 2
-            array = np.asarray(image.crop((left, top, left + c, top + c)), dtype=np.uint8)
+            if (width, height) != (c, c):
+                left, top = (width - c) // 2, (height - c) // 2
+                image = image.crop((left, top, left + c, top + c))
+            array = np.asarray(image, dtype=np.uint8)
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
@@ -199,15 +203,23 @@ class RandomTransforms:
     hflip: bool = False
 
     def __call__(self, image: torch.Tensor, index: int, epoch: int, seed: int) -> torch.Tensor:
-        rng = np.random.default_rng([seed & 0xFFFFFFFF, epoch, index])
+        bits = _mix(_mix(_mix(seed) ^ epoch) ^ index)  # stateless: 64 random bits per (seed, epoch, index)
         if self.random_crop:
             _, h, w = image.shape
-            top = int(rng.integers(0, h - self.random_crop + 1))
-            left = int(rng.integers(0, w - self.random_crop + 1))
+            top = (bits & 0xFFFFFF) % (h - self.random_crop + 1)
+            left = ((bits >> 24) & 0xFFFFFF) % (w - self.random_crop + 1)
             image = image[:, top : top + self.random_crop, left : left + self.random_crop]
-        if self.hflip and rng.random() < 0.5:
+        if self.hflip and bits >> 63:
             image = image.flip(-1)
         return image.contiguous()
+
+
+def _mix(x: int) -> int:
+    """SplitMix64's finaliser: a well-mixed 64-bit function of ``x`` (about a microsecond in Python)."""
+    x = (x + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return x ^ (x >> 31)
 
 
 class FolderDataset(torch.utils.data.Dataset[Any]):

@@ -100,11 +100,14 @@ def test_the_streaming_path_sees_what_the_memory_path_sees(folder: Path, tmp_pat
     assert runs[("memory", 0)] == runs[("dataloader", 0)] == runs[("dataloader", 2)]
 
 
+# The peak as VmHWM of the process's own memory: Linux carries ru_maxrss across exec, so a child's
+# ru_maxrss would start at the size of the pytest process that forked it.
 PEAK_RSS = """
 import json, resource, sys
 import engine
 result = engine.fit(json.loads(sys.argv[1]))
-print(json.dumps({"step": result.metrics["step"], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"step": result.metrics["step"], "rss_mb": hwm / 1024,
                   "workers_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
 """
 
