@@ -15,6 +15,7 @@ into the same MLflow run (its id is kept in the checkpoint).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import time
 from dataclasses import dataclass
@@ -33,6 +34,12 @@ class MlflowOptions:
     experiment: str = "gentrain"
     tracking_uri: str | None = None
     run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and importlib.util.find_spec("mlflow") is None:
+            raise ValueError(
+                "enabled=true needs the mlflow package, which is not installed: pip install 'gentrain[mlflow]'"
+            )
 
 
 class MlflowLogger:

@@ -13,6 +13,7 @@ continues the same W&B run (its id is kept in the checkpoint).
 
 from __future__ import annotations
 
+import importlib.util
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +33,12 @@ class WandbOptions:
     base_url: str | None = None
     mode: Literal["online", "offline", "disabled"] | None = None
     run_name: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.enabled and importlib.util.find_spec("wandb") is None:
+            raise ValueError(
+                "enabled=true needs the wandb package, which is not installed: pip install 'gentrain[wandb]'"
+            )
 
 
 class WandbLogger:

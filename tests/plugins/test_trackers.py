@@ -124,3 +124,14 @@ def test_wandb_offline_run_holds_metrics_and_the_grid(tmp_path: Path, monkeypatc
     assert len(images) == 2
     if config:  # the config as the run record carried it
         assert "optim.lr" in config
+
+
+@pytest.mark.parametrize("tracker", ["mlflow", "wandb"])
+def test_a_tracker_without_its_package_fails_before_training(
+    tracker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == tracker else real(name, *a))
+    with pytest.raises(engine.ConfigError, match=rf"{tracker}.*pip install 'gentrain\[{tracker}\]'"):
+        engine.fit(small(tmp_path, **{tracker: {"enabled": True}}))
+    assert not (tmp_path / "run").exists()
