@@ -5,7 +5,8 @@ Turn them on with ``callbacks.sample_metrics``::
     gentrain fit model.name=gan callbacks.sample_metrics=[frechet,kid,classifier_score,class_coverage] \\
         callbacks.sample_metrics_every=2 callbacks.sample_metrics_n=1000
 
-Every ``sample_metrics_every`` validations (and at the last epoch), each rank
+Every ``sample_metrics_every`` validations (counted from the epoch, so a resumed run keeps
+the cadence; and always at the last epoch), each rank
 draws its share of ``sample_metrics_n`` samples (from a private seed, the same
 every epoch), runs both feature classifiers on them, and the ranks gather the
 results (``trainer.env.all_gather``), so every rank adds the same figures to
@@ -110,6 +111,9 @@ class _Reference:
         trainer.env.all_gather(None)
         if not trainer.is_rank_zero:
             self.pair, train, held = build()
+        # On the run's device (the classifiers are small; their outputs come back to the CPU).
+        self.pair.main.to(trainer.device)
+        self.pair.check_classifier.to(trainer.device)
         self.n = min(c.sample_metrics_n, len(train))
         gen = torch.Generator().manual_seed(config.trainer.seed + 271828)
         pick = torch.randperm(len(train), generator=gen)[: self.n]
@@ -146,7 +150,6 @@ class _Reference:
 class SampleMetrics:
     def __init__(self) -> None:
         self.reference: _Reference | None = None
-        self.validations = 0
 
     @engine.hookimpl
     def gentrain_register_options(self, registry: engine.Registry[Any]) -> None:
@@ -158,16 +161,18 @@ class SampleMetrics:
 
     @engine.hookimpl
     def gentrain_on_fit_start(self, trainer: Any) -> None:
-        self.reference, self.validations = None, 0
+        self.reference = None
 
     @engine.hookimpl
     def gentrain_on_validation_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         names = _names(trainer.config)
         if not names:
             return
-        self.validations += 1
-        last = trainer.epoch >= trainer.config.trainer.epochs
-        if (self.validations - 1) % trainer.config.callbacks.sample_metrics_every != 0 and not last:
+        # Counted from the epoch, not from this process's validations: a resumed run keeps the cadence.
+        t = trainer.config.trainer
+        nth = (epoch + 1) // max(1, getattr(t, "val_every", 1))
+        last = trainer.epoch >= t.epochs
+        if nth % trainer.config.callbacks.sample_metrics_every != 0 and not last:
             return
         if self.reference is None:
             self.reference = _Reference(trainer)

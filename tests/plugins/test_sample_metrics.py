@@ -56,14 +56,21 @@ def test_sample_metrics_appear_in_metrics_csv(tmp_path: Path, cache: Path, caplo
 
 
 def test_disagreeing_classifiers_withhold_the_figures(
-    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, cache: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # max_disagreement=0: any disagreement at all withholds; the untrained-ish GAN's samples are not classified alike.
-    result = engine.fit(tiny(tmp_path, "strict", cache, sample_metrics_max_disagreement=0.0))
-    assert result.metrics["val/classifier_disagreement"] > 0
+    # The check itself is tested on rigged classifiers in tests/engine/test_classifier.py; here the pair
+    # is made to disagree at any total variation, and the plugin must withhold every figure.
+    from engine.classifier import ClassifierPair
+
+    original = ClassifierPair.reason
+    monkeypatch.setattr(ClassifierPair, "reason", lambda self, tv: original(self, tv + 10.0))
+    result = engine.fit(tiny(tmp_path, "strict", cache))
+    assert math.isfinite(result.metrics["val/classifier_disagreement"])
     for name in NAMES:
         assert math.isnan(result.metrics[f"val/{name}"]), name
     assert "withheld" in caplog.text
+    rows = csv_rows(result.run_dir)
+    assert rows[-1]["val/frechet"].lower() == "nan"
 
 
 def test_a_conditional_gan_reports_label_accuracy(tmp_path: Path, cache: Path) -> None:
