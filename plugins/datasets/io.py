@@ -566,18 +566,6 @@ def load_cifar10(
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _image_files(folder: Path) -> list[Path]:
-    """All image files under ``folder`` (recursively, sorted, hidden ones skipped)."""
-    files = [
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_EXTENSIONS
-        and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    ]
-    return sorted(files)
-
-
 def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
     """Open one image, center-crop it to a square, resize and convert it."""
     from PIL import Image, ImageOps  # local: only this loader needs Pillow
@@ -647,29 +635,13 @@ def load_image_folder(
         raise DataError(f"size must be a positive integer, got {size!r}")
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    folder = Path(root)
-    if not folder.is_dir():
-        raise DataError(f"image folder {folder} does not exist or is not a directory")
-    accepted = ", ".join(IMAGE_EXTENSIONS)
+    from plugins.datasets.folder import scan  # symlink loops and files reached twice are refused, naming them
 
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    per_class = [(d.name, _image_files(d)) for d in subdirs]
-    if not any(files for _, files in per_class):
-        # No class folders with images: accept a flat folder as a single class.
-        flat = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        if not flat:
-            raise DataError(
-                f"no images found in {folder}: expected class subfolders containing files with extensions {accepted}"
-            )
-        per_class = [(folder.name, flat)]
-    _check_symlinks(folder, per_class)
-    empty = [name for name, files in per_class if not files]
-    if empty:
-        raise DataError(
-            f"class folder(s) {', '.join(str(folder / n) for n in empty)} contain no images "
-            f"(accepted extensions: {accepted}); remove them or add images"
-        )
-
+    paths, label_array, classes = scan(root)
+    per_class = [
+        (name, [Path(p.decode()) for p, y in zip(paths, label_array, strict=True) if y == i])
+        for i, name in enumerate(classes)
+    ]
     mode = "L" if channels == 1 else "RGB"
     total = sum(len(files) for _, files in per_class)
     images = np.empty((total, channels, size, size), dtype=np.uint8)
