@@ -188,3 +188,22 @@ def test_ray_data_gives_each_worker_a_disjoint_shard_and_resumes(
         steps = [s for _, s, _ in seen(run_dir, r)]
         assert steps == list(range(2 * per_rank)), steps  # no step redone, none skipped
         assert {i for e, _, idx in seen(run_dir, r) for i in idx} <= set(range(640)) - val
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here")
+def test_on_a_gpu_streamed_batches_arrive_pinned_and_equal_to_the_cpu_ones(folder: Path) -> None:
+    from engine.config import resolve
+    from engine.data import DataLoaderAdapter, load_dataset, split
+
+    pm = engine.load_plugins()
+    data = resolve({"model": {"name": "gan"}, "data": {"name": "image_folder", "root": str(folder)}}, pm).data
+    data = type(data)(**{**data.__dict__, "loader": "dataloader"})
+    train, _ = split(load_dataset(data, pm), data)
+    cpu = DataLoaderAdapter(train, 32, shuffle=True, num_workers=2)
+    gpu = DataLoaderAdapter(train, 32, shuffle=True, num_workers=2, device=torch.device("cuda"))
+    assert gpu.loader.pin_memory
+    for (xc, yc), (xg, yg) in zip(cpu.iter_from(3), gpu.iter_from(3), strict=True):
+        assert xg.device.type == "cuda"
+        assert torch.equal(xc, xg.cpu())
+        assert torch.equal(yc, yg.cpu())

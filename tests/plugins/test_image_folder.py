@@ -19,6 +19,7 @@ from engine.config import resolve
 from engine.data import DataLoaderAdapter, MemoryLoader, StreamingData, load_data, load_dataset, split
 from engine.plugins import load_plugins
 from plugins.datasets.folder import RandomTransforms, Transforms, decode, scan
+from plugins.datasets.io import load_image_folder
 from plugins.datasets.make_folder import main as make_folder
 
 
@@ -120,6 +121,8 @@ def test_symlink_loop_and_duplicates_are_errors_not_classes(tmp_path: Path, pm: 
     os.symlink(tmp_path, tmp_path / "a" / "loop")
     with pytest.raises(DataError, match=r"symlink loop: .*a/loop leads back to"):
         scan(tmp_path)
+    with pytest.raises(DataError, match="symlink loop"):  # the in-memory reader too
+        load_image_folder(tmp_path, size=8)
     (tmp_path / "a" / "loop").unlink()
     os.symlink(tmp_path / "b", tmp_path / "c")  # the same folder as a second class
     with pytest.raises(DataError, match=r"c is the folder .*b reached a second time"):
