@@ -276,7 +276,7 @@ def _number(value: Any) -> str:
 
 
 def tune_table(metric: str, mode: str, epochs: int) -> Any:
-    """A Ray Tune callback (run in the driver) printing one short row per trial event.
+    """A Ray Tune callback (run in the driver): one short row per trial event, or per trial redrawn on a terminal.
 
     ``gentrain tune`` shows this instead of Tune's status tables (those come with
     ``--verbose 2``): a row when a trial starts, after each epoch but its last,
@@ -291,6 +291,19 @@ def tune_table(metric: str, mode: str, epochs: int) -> Any:
         def __init__(self) -> None:
             self.best: float | None = None
             self.t0 = time.perf_counter()
+            # On a terminal: one row per trial, redrawn in place; otherwise a row per event.
+            self.rows: dict[str, str] = {}
+            self.drawn = 0
+
+        def _show(self, trial_id: str, line: str) -> None:
+            if not sys.stdout.isatty():
+                print(line, flush=True)
+                return
+            self.rows[trial_id] = line
+            up = f"\x1b[{self.drawn}F" if self.drawn else ""
+            sys.stdout.write(up + "".join(f"\x1b[2K{row}\n" for row in self.rows.values()))
+            sys.stdout.flush()
+            self.drawn = len(self.rows)
 
         def _row(self, trial: Any, status: str, result: Mapping[str, Any] | None = None) -> None:
             result = result or {}
@@ -305,10 +318,8 @@ def tune_table(metric: str, mode: str, epochs: int) -> Any:
             shown = f"{metric}={_number(float(value))}" if isinstance(value, (int, float)) else ""
             best = f"best={_number(self.best)}" if self.best is not None and shown else ""
             elapsed = format_elapsed(time.perf_counter() - self.t0)
-            print(
-                f"  {elapsed:>6}  {trial.trial_id:<12} {status:<8} {where}  {shown:<20} {best:<16} {params}".rstrip(),
-                flush=True,
-            )
+            line = f"  {elapsed:>6}  {trial.trial_id:<12} {status:<8} {where}  {shown:<20} {best:<16} {params}"
+            self._show(str(trial.trial_id), line.rstrip())
 
         def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
             self._row(trial, "started")

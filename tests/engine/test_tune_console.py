@@ -89,3 +89,25 @@ def test_tune_table_rows(capsys: pytest.CaptureFixture[str]) -> None:
     assert "a_00001      stopped  epoch 2/4  val/loss=0.6" in rows[3]
     assert "a_00000      done     epoch 4/4  val/loss=0.25" in rows[4]
     assert "best=0.25" in rows[4]
+
+
+def test_tune_table_redraws_one_row_per_trial_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from engine.ray.console import tune_table
+
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
+    table = tune_table("val/loss", "min", 2)
+    a = SimpleNamespace(trial_id="a_00000", config={"optim.lr": 0.001}, last_result={})
+    b = SimpleNamespace(trial_id="a_00001", config={"optim.lr": 0.01}, last_result={})
+    table.on_trial_start(0, [], a)
+    table.on_trial_start(0, [], b)
+    table.on_trial_result(0, [], a, {"epoch": 1, "val/loss": 0.5})
+    out = capsys.readouterr().out
+    assert out.count("\x1b[1F") == 1  # up over a's row to add b's
+    assert out.count("\x1b[2F") == 1  # up over both rows to update a's
+    last = out.rsplit("\x1b[2F", 1)[1].split("\n")
+    assert "a_00000      running  epoch 1/2  val/loss=0.5" in last[0]
+    assert "a_00001      started" in last[1]
