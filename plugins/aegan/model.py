@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 import engine
@@ -290,7 +291,13 @@ class AEGAN(engine.Model):
         norms = []
         for term in (weighted_rec, adv):
             (g,) = torch.autograd.grad(term, layer, retain_graph=True, allow_unused=True)
-            norms.append(g.detach().norm() if g is not None else torch.zeros((), device=adv.device))
+            g = g.detach() if g is not None else torch.zeros_like(layer)
+            if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+                # The norm of the global batch's gradient (DDP averages them), not this rank's:
+                # every rank gets one λ, and N workers × B match 1 × N·B (the DDP contract).
+                dist.all_reduce(g)
+                g /= dist.get_world_size()
+            norms.append(g.norm())
         n_rec, n_adv = norms
         if fixed:
             lam = torch.tensor(float(c.adv_weight), device=adv.device)
