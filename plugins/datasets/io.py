@@ -588,27 +588,6 @@ def _load_image(path: Path, size: int, mode: str) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _check_symlinks(folder: Path, per_class: list[tuple[str, list[Path]]]) -> None:
-    """Refuse symlinks that make the folder read itself (a loop) or read one image twice (a duplicate class)."""
-    root = os.path.realpath(folder)
-    seen: dict[str, Path] = {}
-    for name, files in per_class:
-        target = os.path.realpath(folder / name)
-        if (folder / name).is_dir() and (root == target or root.startswith(target + os.sep)):
-            raise DataError(
-                f"class folder {folder / name} links to {target}, which holds the image folder itself "
-                "(a symlink loop); remove the link"
-            )
-        for path in files:
-            real = os.path.realpath(path)
-            if real in seen:
-                raise DataError(
-                    f"image {real} would be read twice, as {seen[real]} and {path}: a symlink makes a class of "
-                    "duplicates; remove the link"
-                )
-            seen[real] = path
-
-
 def load_image_folder(
     root: str | os.PathLike[str],
     size: int,
