@@ -145,7 +145,7 @@ def _blur(x: Tensor, sigma: Tensor) -> Tensor:
 def augment(x: Tensor, gen: torch.Generator, p: float = 0.5) -> Tensor:
     """Light corruption of a random ``p`` of float images in ``[0, 1]``: shift, blur and noise.
 
-    Each chosen image is shifted by up to 2 pixels (zero fill); half of them are
+    Each chosen image is shifted by up to 2 pixels (1 below 21×21; zero fill); half of them are
     blurred (σ ∈ [0.4, 1.2] pixels); all get Gaussian noise of std ∈ [0, 0.15],
     clipped back to ``[0, 1]``. What generated images look like, short of being
     another class.
@@ -157,7 +157,8 @@ def augment(x: Tensor, gen: torch.Generator, p: float = 0.5) -> Tensor:
     idx = chosen.nonzero().squeeze(1)
     y = x[idx.to(x.device)]
     m = len(idx)
-    dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()
+    reach = max(1, round(min(y.shape[2:]) / 14))  # 2 pixels for 28×28 or 32×32, 1 for 16×16
+    dx, dy = torch.randint(-reach, reach + 1, (2,), generator=gen).tolist()
     y = torch.roll(y, shifts=(dy, dx), dims=(2, 3))
     if dy > 0:
         y[:, :, :dy] = 0

@@ -24,15 +24,15 @@ ARGS = {"width": 8, "epochs": 15}
 
 @pytest.fixture(scope="module")
 def data() -> dict[str, Tensor]:
-    images, labels, _ = make_shapes(1200, size=16, seed=0)
-    held_images, held_labels, _ = make_shapes(300, size=16, seed=1)
+    images, labels, _ = make_shapes(1500, size=32, seed=0)
+    held_images, held_labels, _ = make_shapes(300, size=32, seed=1)
     return {"images": images, "labels": labels, "held": held_images, "held_labels": held_labels}
 
 
 @pytest.fixture(scope="module")
 def pair(data: dict[str, Tensor], tmp_path_factory: pytest.TempPathFactory) -> ClassifierPair:
     cache = tmp_path_factory.mktemp("classifiers")
-    return ClassifierPair.for_dataset("shapes-16", data["images"], data["labels"], 3, cache_dir=cache, **ARGS)
+    return ClassifierPair.for_dataset("shapes-32", data["images"], data["labels"], 3, cache_dir=cache, **ARGS)
 
 
 def test_the_pair_is_two_different_classifiers_cached_by_dataset_and_version(
