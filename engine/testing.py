@@ -98,7 +98,8 @@ class ModelContract:
     A model whose losses depend on statistics of the batch each rank sees
     (batch norm in training mode, an MMD or total-correlation estimate over
     the batch, a minibatch-discrimination layer) sets the class attribute
-    ``batch_statistics = True``: then 2 workers × B do not train like 1 × 2B,
+    ``batch_statistics = True`` (or a property of the instance, when it depends on
+    the config): then 2 workers × B do not train like 1 × 2B,
     and :meth:`test_ddp_matches_one_process` reports the difference instead
     of failing on it.
     """
@@ -241,10 +242,10 @@ class ModelContract:
         reference = _phase_results(self._build(n=world * b)[0:2], rank=0, world=1)
         ranks = run_ddp(self, world)
         differences = compare_ddp(reference, ranks, rtol=self.ddp_rtol, atol=self.ddp_atol)
-        model_cls = self._build()[0].__class__
+        marked = bool(getattr(self._build()[0], "batch_statistics", False))  # a class attribute or a property
         report = f"model {self.model_name!r}: {world} processes × batch {b} differ from 1 process × batch {world * b}:"
         report += "\n  " + "\n  ".join(differences)
-        if differences and getattr(model_cls, "batch_statistics", False):
+        if differences and marked:
             print(report + "\n(expected: the model sets batch_statistics = True)")  # shown with pytest -rA / -s
         elif differences:
             raise AssertionError(
