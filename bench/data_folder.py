@@ -156,13 +156,18 @@ def engine_loader(root: Path, batch: int, loader: str, workers: int) -> Callable
     return epoch
 
 
+#: Each measurement runs whole epochs for at least this long (CPU time is counted in 10 ms ticks).
+MIN_SECONDS = 1.0
+
+
 def timed(epoch: Callable[[], Iterator[torch.Tensor]]) -> tuple[float, float]:
-    """``(images/s wall, images/s of CPU time)`` of one epoch."""
+    """``(images/s wall, images/s of CPU time)`` over whole epochs lasting at least :data:`MIN_SECONDS`."""
     cpu0, t0, n = cpu_seconds_of_tree(), time.perf_counter(), 0
-    for x in epoch():
-        n += x.shape[0]
+    while n == 0 or time.perf_counter() - t0 < MIN_SECONDS:
+        for x in epoch():
+            n += x.shape[0]
     wall, cpu = time.perf_counter() - t0, cpu_seconds_of_tree() - cpu0
-    return n / wall, n / max(cpu, 1e-9)
+    return n / wall, n / max(cpu, 0.01)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, IterableDataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler, default_collate
 
 from engine.errors import ConfigError, DataError
 from engine.model import Batch, DataSpec
@@ -256,8 +256,8 @@ def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[str]]
     bad = [it.message for it in items if isinstance(it, _BadItem)]
     if not good:
         return None, None, bad
-    x = torch.stack([g[0] for g in good])
-    y = torch.stack([torch.as_tensor(g[1], dtype=torch.int64) for g in good])
+    # default_collate stacks into shared memory inside a loader worker: no copy on the way out.
+    x, y = default_collate([(g[0], torch.as_tensor(g[1], dtype=torch.int64)) for g in good])
     return x, y, bad
 
 
