@@ -428,11 +428,17 @@ class DataLoaderAdapter:
             self.sampler.start = start
         if self.stream is not None:
             self.stream.first = start
+        b = start
         for x, y, bad in self.loader:
             self.skipped += _bad_files(bad, self.on_bad_file)
             if x is None:
                 raise DataError(f"every file of a batch was unreadable ({len(bad)} skipped); first: {bad[0]}")
+            b += 1
             yield to_float(x.to(self.device, non_blocking=True)), y.to(self.device, non_blocking=True)
+        if self.stream is not None and b < self.batches:
+            d = self.stream.data
+            why = f"ended after {b} of the {self.batches} batches its length {d.length} makes"
+            raise DataError(f"stream {d.name!r} {why}")
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_from(0)
@@ -491,6 +497,7 @@ class RayShardLoader:
             )
         batches = self.shard.iter_torch_batches(batch_size=self.batch_size, drop_last=self.drop_last, **shuffle)
         self.seen = []
+        b = -1
         for b, batch in enumerate(batches):
             if b >= self.batches:
                 break
@@ -503,6 +510,8 @@ class RayShardLoader:
                 augment = self.data.augment
                 x = torch.stack([augment(x[i], int(k), self.epoch, self.seed) for i, k in enumerate(index)])
             yield to_float(x.to(self.device, non_blocking=True)), batch["label"].to(self.device, non_blocking=True)
+        if b + 1 < self.batches:
+            raise DataError(f"this worker's Ray Data shard ended after {b + 1} of its {self.batches} batches")
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_from(0)

@@ -216,3 +216,10 @@ def test_an_iterable_stream_is_sharded_batched_in_order_and_resumes(workers: int
         assert [y.tolist() for _, y in loader.iter_from(3)] == labels[3:]
         seen += functools.reduce(operator.iadd, labels, [])
     assert sorted(seen) == list(range(10, 50))
+
+
+def test_a_stream_shorter_than_its_length_is_named() -> None:
+    data = engine.StreamingData(Counting(10), engine.DataSpec((1, 2, 2)), 20, name="short")
+    loader = DataLoaderAdapter(data, 4, shuffle=False)
+    with pytest.raises(DataError, match=r"stream 'short' ended after 2 of the 5 batches its length 20 makes"):
+        list(loader.iter_from(0))
