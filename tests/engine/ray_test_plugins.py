@@ -10,7 +10,9 @@ Two small models, deterministic given the batch and :meth:`engine.Model.batch_ra
 And one recorder plugin, writing into the run directory (shared by all workers):
 
 * ``replicas/rank<r>.json``: per sub-network, a hash of each rank's final weights;
-* ``epochs.log``: ``<epoch> <pid>`` each time rank 0 starts an epoch;
+* ``<run name>.epochs.log`` beside the run directory (a run that fails before
+  its first checkpoint leaves no run directory): ``<epoch> <pid>`` each time
+  rank 0 starts an epoch;
 * fault injection, from the model config: at epoch ``crash_epoch`` (0-based),
   after the first step, rank ``crash_rank`` either calls ``os._exit(1)``
   (``crash="exit"``), writes its PID to ``pid`` and waits to be killed from
@@ -101,7 +103,7 @@ class DDPGAN(engine.Model):
     def phases(self) -> list[engine.Phase]:
         return [engine.Phase("disc"), engine.Phase("gen", new_batch=False)]
 
-    def optimizers(self) -> dict[str, Any]:
+    def param_groups(self) -> dict[str, Any]:
         return {"disc": self.disc.parameters(), "gen": self.gen.parameters()}
 
     def training_step(self, batch: engine.Batch, phase: str) -> dict[str, Tensor]:
@@ -151,7 +153,8 @@ def _ours(trainer: Any) -> bool:
 @engine.hookimpl
 def gentrain_on_train_epoch_start(trainer: Any, epoch: int) -> None:
     if trainer.is_rank_zero:
-        with (Path(trainer.run_dir) / "epochs.log").open("a") as f:
+        run_dir = Path(trainer.run_dir)
+        with run_dir.with_name(run_dir.name + ".epochs.log").open("a") as f:
             f.write(f"{epoch} {os.getpid()}\n")
 
 

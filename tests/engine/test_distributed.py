@@ -88,7 +88,7 @@ def run_config(
 
 def epochs_started(run_dir: Path) -> list[tuple[int, int]]:
     """``(epoch, pid)`` for every epoch rank 0 started, in order."""
-    path = run_dir / "epochs.log"
+    path = run_dir.with_name(run_dir.name + ".epochs.log")
     if not path.exists():
         return []
     return [(int(e), int(p)) for e, p in (line.split() for line in path.read_text().splitlines())]

@@ -116,7 +116,8 @@ def test_ray_worker_trains_on_its_gpu_with_nccl(
     config["trainer"]["epochs"] = 2
     result = engine.fit(config)
     assert result.run_dir == first.run_dir
-    started = [int(line.split()[0]) for line in (result.run_dir / "epochs.log").read_text().splitlines()]
+    log = result.run_dir.with_name(result.run_dir.name + ".epochs.log")
+    started = [int(line.split()[0]) for line in log.read_text().splitlines()]
     assert started == [0, 1], "the second run resumed at epoch 1"
     record = json.loads((result.run_dir / "replicas" / "rank0.json").read_text())
     assert record["backend"] == "nccl"
