@@ -79,13 +79,21 @@ class ImageFolderConfig:
     ``random_crop`` (or ``center_crop``) pixels square.
     """
 
+    #: Side of the images (the default of ``resize`` and ``center_crop``).
     size: Annotated[int, Field(ge=8, le=1024)] = 64
+    #: 3: RGB; 1: grayscale.
     channels: Literal[1, 3] = 3
+    #: Shorter side scaled to this first (aspect kept); None: ``size``; 0: as stored.
     resize: Annotated[int, Field(ge=0, le=4096)] | None = None
+    #: Side of the centre square kept; None: ``size``.
     center_crop: Annotated[int, Field(ge=8, le=4096)] | None = None
+    #: Side of a random square of the centre crop, drawn per (seed, epoch, image); None: off.
     random_crop: Annotated[int, Field(ge=8, le=4096)] | None = None
+    #: Mirror left-right with probability 1/2, drawn per (seed, epoch, image).
     hflip: bool = False
+    #: Grayscale (the same as ``channels=1``).
     to_grayscale: bool = False
+    #: ``folders``: each sub-folder of data.root is a class; ``none``: every image under it, unlabelled.
     labels: Literal["folders", "none"] = "folders"
 
 
