@@ -223,3 +223,23 @@ def test_a_stream_shorter_than_its_length_is_named() -> None:
     loader = DataLoaderAdapter(data, 4, shuffle=False)
     with pytest.raises(DataError, match=r"stream 'short' ended after 2 of the 5 batches its length 20 makes"):
         list(loader.iter_from(0))
+
+
+def test_loader_choices_that_cannot_work_are_refused_naming_the_field(tmp_path: Path, pm: Any) -> None:
+    make_folder([str(tmp_path / "f"), "--n", "12", "--size", "16"])
+    base = {
+        "model": {"name": "gan"},
+        "data": {"name": "image_folder", "root": str(tmp_path / "f"), "size": 16},
+        "run": {"output_dir": str(tmp_path / "out"), "name": "x"},
+    }
+    cases = [
+        ({"loader": "ray_data"}, {}, r"data\.loader = 'ray_data'.*num_workers"),
+        ({"loader": "ray_data", "on_bad_file": "skip"}, {"num_workers": 2}, r"data\.on_bad_file"),
+        ({"loader": "memory", "hflip": True}, {}, r"data\.loader = 'memory'.*freeze the random transforms"),
+    ]
+    for data, scaling, message in cases:
+        config = {**base, "data": {**base["data"], **data}, "scaling": scaling}
+        with pytest.raises(ConfigError, match=message):
+            engine.prepare(config, plugins=pm)
+    with pytest.raises(ConfigError, match=r"data\.loader = 'ray_data'.*read into memory"):
+        load_dataset(resolve({"model": {"name": "gan"}, "data": {"name": "shapes", "loader": "ray_data"}}, pm).data, pm)
