@@ -72,6 +72,7 @@ from engine.config import (
 from engine.data import ImageData, StreamingData
 from engine.errors import CheckpointError, ConfigError, DataError, GentrainError, PluginError, TrainingError, suggest
 from engine.hookspecs import API_VERSION, hookimpl
+from engine.load import LoadedRun, load
 from engine.losses import get_loss
 from engine.model import Batch, DataSpec, Model, ModelConfig, Phase
 from engine.plugins import PluginManager, load_plugins
@@ -92,6 +93,7 @@ __all__ = [
     "FitResult",
     "GentrainError",
     "ImageData",
+    "LoadedRun",
     "StreamingData",
     "LossName",
     "Model",
@@ -114,6 +116,7 @@ __all__ = [
     "fit",
     "get_loss",
     "hookimpl",
+    "load",
     "load_plugins",
     "prepare",
     "resolve",
