@@ -7,6 +7,10 @@
     gentrain plugins [-v] [--json]
     gentrain config show [CONFIG.yaml | RECIPE.py] [key.path=value ...] [--json]
     gentrain new-plugin NAME [--dir DIR]
+    gentrain sample RUN [--n N] [--labels 3|1,2,5|0-9|all] [--seed S] [--out samples.png|DIR/|x.npz|x.pt]
+                        [--reconstruct FOLDER | --interpolate]
+    gentrain eval RUN [data.key=value ...] [--n N] [--iwae-k K] [--json PATH]
+    gentrain export RUN [--out DIR]
 """
 
 from __future__ import annotations
@@ -147,6 +151,233 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- using a trained run: sample, eval, export --------------------------------
+
+#: How the API's argument names read on the command line, for one-line errors.
+_CLI_NAMES = {
+    "which": "--checkpoint",
+    "metric": "--metric",
+    "mode": "--mode",
+    "device": "--device",
+    "labels": "--labels",
+    "n": "--n",
+    "batch_size": "--batch-size",
+    "precision": "--precision",
+    "out": "--out",
+    "reconstruct": "--reconstruct",
+    "interpolate": "--interpolate",
+    "iwae_k": "--iwae-k",
+    "json": "--json",
+    "elbo_samples": "--elbo-samples",
+}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """Argument errors as one line (no usage block), exit status 2."""
+
+    def error(self, message: str) -> Any:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _one_line(e: GentrainError) -> str:
+    """An error of sample/eval/export as one line, with the API's names in their command-line spelling."""
+    if isinstance(e, ConfigError):
+        return "; ".join(f"{_CLI_NAMES.get(f, f)} = {v!r}: {a}" for f, v, a in e.problems)
+    return " ".join(str(e).split("\n"))
+
+
+def _which(text: str) -> str | int:
+    if text in ("last", "best"):
+        return text
+    if text.isdigit():
+        return int(text)
+    raise ConfigError.one("which", text, "must be last, best or a step number")
+
+
+def _positive_arg(name: str, value: int) -> None:
+    if value < 1:
+        raise ConfigError.one(name, value, "must be a positive whole number")
+
+
+def _load_run(args: argparse.Namespace) -> Any:
+    from engine.errors import CheckpointError, PluginError
+    from engine.load import load
+
+    which = _which(args.checkpoint)
+    try:
+        return load(args.run, device=args.device, which=which, metric=args.metric, mode=args.mode, ema=not args.no_ema)
+    except (CheckpointError, PluginError) as e:
+        raise type(e)(f"RUN: {e}") from e
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import os
+
+    import torch
+
+    from engine.export import check_output, output_kind, read_images, write_images
+    from engine.load import can
+
+    _positive_arg("n", args.n)
+    _positive_arg("batch_size", args.batch_size)
+    if args.reconstruct is not None and args.interpolate:
+        raise ConfigError.one("interpolate", True, "cannot be combined with --reconstruct; choose one")
+    kind = output_kind(args.out)
+    out = check_output(args.out, overwrite=args.overwrite, folder=kind == "folder")
+    run = _load_run(args)
+    source = f"{run.config.model.name} step {run.step} ({run.checkpoint})"
+    if args.reconstruct is not None:
+        if not can(run.model, "reconstruct"):
+            raise ConfigError.one("reconstruct", run.config.model.name, "this model has no reconstruct(x) (ae, vae do)")
+        images, names = read_images(args.reconstruct, run.data_spec.shape)
+        recon = run.reconstruct(images, batch_size=args.batch_size, precision=args.precision)
+        if kind == "grid":
+            k = min(len(images), 8)
+            x = images.float() / 255
+            rows = [t for i in range(0, len(x), k) for t in (x[i : i + k], recon[i : i + k])]
+            write_images(out, torch.cat(rows), nrow=k, kind=kind)
+        else:
+            write_images(out, recon, names=names, extra={"originals": images.float() / 255}, kind=kind)
+        print(f"wrote reconstructions of {len(images)} images from {args.reconstruct} to {out}: {source}")
+        return 0
+    seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "little")
+    if args.interpolate:
+        images = run.interpolate(args.n, args.labels, seed=seed, precision=args.precision)
+        first = run.labels(1, args.labels)
+        write_images(out, images, None if first is None else first.expand(args.n), nrow=args.n, kind=kind)
+        print(f"wrote {args.n} images interpolated between two latent codes (seed {seed}) to {out}: {source}")
+        return 0
+    labels = run.labels(args.n, args.labels)
+    images = run.sample(args.n, labels, seed=seed, batch_size=args.batch_size, precision=args.precision)
+    k = run.data_spec.num_classes
+    nrow = k if labels is not None and args.labels in (None, "all") and k and 8 <= k <= 16 else None
+    write_images(out, images, labels, nrow=nrow, kind=kind)
+    print(f"wrote {args.n} samples (seed {seed}) to {out}: {source}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from engine.evaluate import evaluate
+    from engine.export import atomic_file, check_output
+
+    _positive_arg("n", args.n)
+    _positive_arg("batch_size", args.batch_size)
+    if args.iwae_k < 0:
+        raise ConfigError.one("iwae_k", args.iwae_k, "must be 0 (skip the IWAE bound) or a positive number of samples")
+    json_path = check_output(args.json, overwrite=args.overwrite, what="json") if args.json else None
+    run = _load_run(args)
+    report = evaluate(
+        run,
+        list(args.overrides),
+        n=args.n,
+        iwae_k=args.iwae_k,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        precision=args.precision,
+        elbo_samples=args.elbo_samples,
+        classifier_cache=args.classifier_cache,
+        classifier_epochs=args.classifier_epochs,
+    )
+    info = report.info
+    print(
+        f"{info['model']} step {info['step']} ({info['checkpoint']}) on {info['held_out_images']} held-out "
+        f"{info['data']} images, {info['samples']} samples"
+    )
+    print(report.table())
+    if json_path is not None:
+        with atomic_file(json_path) as tmp:
+            tmp.write_text(report.to_json() + "\n")
+        print(f"wrote {json_path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from engine.export import check_output, export
+
+    if args.out is not None:
+        check_output(args.out, overwrite=args.overwrite, folder=True)
+    run = _load_run(args)
+    out = args.out if args.out is not None else f"{run.config.run.name or run.config.model.name}-export"
+    result = export(run, out, overwrite=args.overwrite, onnx=not args.no_onnx)
+    for path in result.files.values():
+        print(f"wrote {path}")
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
+    checks = ", ".join(f"{k}={v}" for k, v in result.checks.items())
+    if checks:
+        print(f"checked: {checks}")
+    return 0
+
+
+def _add_run_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUN", help="a run directory, its checkpoints/ folder, a checkpoint file, or a URI (s3://...)")
+    p.add_argument("--checkpoint", default="last", help="last (default), best (by --metric) or a step number")
+    p.add_argument("--metric", help="the metric --checkpoint best ranks by (default val/loss, val/elbo or val/recon)")
+    p.add_argument("--mode", default="min", help="min (default) or max: which --metric is better")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    p.add_argument("--precision", default="32", choices=["32", "bf16", "fp16"], help="autocast precision")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--no-ema", action="store_true", help="load the raw weights even if the checkpoint has EMA weights")
+
+
+def _add_use_parsers(sub: Any) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw samples from a trained run",
+        description="Draw samples (or reconstructions, or a latent interpolation) from a trained run and write "
+        "them as a PNG grid (*.png), a folder of PNGs (DIR/), or one .npz/.pt file.",
+    )
+    p.__class__ = _OneLineParser
+    _add_run_arguments(p)
+    p.add_argument("--n", type=int, default=64, help="number of images (default 64)")
+    p.add_argument("--labels", help="conditional models: a class (3), a list (1,2,5), a range (0-9) or all")
+    p.add_argument("--seed", type=int, help="the same seed gives the same images (default: a random seed, printed)")
+    p.add_argument("--out", default="samples.png", help="*.png grid, DIR/ of PNGs, *.npz or *.pt (default samples.png)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--reconstruct", metavar="FOLDER", help="reconstruct the images of FOLDER instead of sampling")
+    p.add_argument(
+        "--interpolate",
+        action="store_true",
+        help="--n images between two latent codes (models that take z in sample(), e.g. gan, aegan)",
+    )
+    p.set_defaults(func=cmd_sample, one_line=True)
+
+    p = sub.add_parser(
+        "eval",
+        help="held-out metrics of a trained run",
+        description="Held-out metrics of a trained run, each next to what real data scores: -ELBO and the IWAE "
+        "bound where the model has a likelihood, reconstruction error, and the classifier Fréchet distance, KID, "
+        "classifier score (and class accuracy) of --n samples. Data overrides (data.split=test ...) pick other data.",
+    )
+    p.__class__ = _OneLineParser
+    _add_run_arguments(p)
+    p.add_argument("overrides", nargs="*", help="data overrides, e.g. data.split=test data.val_fraction=0")
+    p.add_argument("--n", type=int, default=1000, help="samples for the sample metrics (default 1000)")
+    p.add_argument("--iwae-k", type=int, default=50, help="IWAE bound importance samples, 0 skips it (default 50)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and estimators (default 0)")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace --json if it exists")
+    p.add_argument("--elbo-samples", type=int, default=8, help="draws of z per image for the -ELBO (default 8)")
+    p.add_argument("--classifier-cache", metavar="DIR", help="where the feature classifier is cached")
+    p.add_argument("--classifier-epochs", type=int, help="epochs of the feature classifier (default: about 200 steps)")
+    p.set_defaults(func=cmd_eval, one_line=True)
+
+    p = sub.add_parser(
+        "export",
+        help="weights (safetensors) and a sampler program that runs without gentrain",
+        description="Export a trained run: model.safetensors (weights, config as metadata), sampler.pt2 and, for "
+        "models with a latent, decoder.pt2 (torch.export programs that need only torch), model.onnx if the "
+        "exporter is installed. Every file is checked before the folder is written.",
+    )
+    p.__class__ = _OneLineParser
+    _add_run_arguments(p)
+    p.add_argument("--out", help="the folder to write (default ./<run name>-export)")
+    p.add_argument("--overwrite", action="store_true", help="write into --out even if it holds files")
+    p.add_argument("--no-onnx", action="store_true", help="do not write model.onnx")
+    p.set_defaults(func=cmd_export, one_line=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gentrain", description="Train generative models with plugins and Ray.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -189,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the model's registered name and the package's base name (a Python identifier)")
     p.add_argument("--dir", default=".", help="where to create the package folder (default: here)")
     p.set_defaults(func=cmd_new_plugin)
+    _add_use_parsers(sub)
     return parser
 
 
@@ -213,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except GentrainError as e:
-        print(f"gentrain: error: {e}", file=sys.stderr)
+        print(f"gentrain: error: {_one_line(e) if getattr(args, 'one_line', False) else e}", file=sys.stderr)
         return 2
 
 
