@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.errors import DataError
 from plugins.datasets import io as datasets
 from plugins.datasets.io import (
     MNIST_FAMILY,
@@ -32,7 +33,6 @@ from plugins.datasets.io import (
     make_shapes,
     read_idx,
 )
-from engine.errors import DataError
 
 SHARED_MNIST = Path(__file__).resolve().parents[3] / "shared" / "data" / "mnist"
 

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from engine import metrics
-from plugins.datasets.io import make_shapes
 from engine.metrics import FeatureClassifier
+from plugins.datasets.io import make_shapes
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from plugins.datasets.io import make_shapes
 from engine.metrics import FeatureClassifier, class_accuracy, frechet_distance
+from plugins.datasets.io import make_shapes
 from plugins.gan import GAN, GANConfig
 
 MNIST_ROOT = Path("/work/shared/data/mnist")
