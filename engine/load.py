@@ -234,7 +234,7 @@ class LoadedRun:
         _positive("batch_size", batch_size)
         y = self.labels(n, labels)
         dim = self.latent_dim
-        out: list[Tensor] = []
+        out: Tensor | None = None  # filled batch by batch: no second copy of all n images
         with _forked_rng(self.device), torch.no_grad(), autocast(precision, self.device):
             if seed is not None:
                 torch.manual_seed(seed)
@@ -249,8 +249,11 @@ class LoadedRun:
                     images = self.model.sample(stop - start, labels=yb, z=z[start:stop].to(self.device))  # type: ignore[call-arg]
                 else:
                     images = self.model.sample(stop - start, labels=yb)
-                out.append(images.float().cpu())
-        return torch.cat(out)
+                if out is None:
+                    out = torch.empty((n, *images.shape[1:]), dtype=torch.float32)
+                out[start:stop] = images
+        assert out is not None
+        return out
 
     def reconstruct(self, images: Tensor, *, batch_size: int = 256, precision: str = "32") -> Tensor:
         """Reconstructions (float32 on the CPU) of images ``N×C×H×W`` (uint8 or float in ``[0, 1]``)."""
