@@ -28,6 +28,10 @@ built-in GAN and AE-GAN do this). Such models get seeded samples that do not
 depend on the batch size, ``gentrain sample --interpolate`` and an exported
 ``decoder`` (:mod:`engine.export`). A model is *conditional* (``sample`` uses
 ``labels``) when it, or its config, has ``conditional = True``.
+
+``engine.load`` is the function; this module's other names import as
+``from engine.load import LoadedRun, parse_labels`` (``import engine.load as m``
+would give the function too).
 """
 
 from __future__ import annotations
