@@ -89,8 +89,12 @@ class AE(engine.Model):
     def reconstruct(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.decode(self.encode(x)))
 
-    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
-        """Decode ``n`` codes drawn from N(0, I); ``labels`` are ignored (see the class docstring)."""
-        # torch.randn, not batch_randn: the sample-grid plugin seeds the global RNG for fixed noise.
-        z = torch.randn(n, self.config.latent_dim, device=self.device)
+    def sample(self, n: int, labels: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+        """Decode ``n`` codes drawn from N(0, I); ``labels`` are ignored (see the class docstring).
+
+        :param z: the codes, ``n × latent_dim`` (interpolation, exported decoders); default N(0, I).
+        """
+        if z is None:
+            # torch.randn, not batch_randn: the sample-grid plugin seeds the global RNG for fixed noise.
+            z = torch.randn(n, self.config.latent_dim, device=self.device)
         return torch.sigmoid(self.decode(z))

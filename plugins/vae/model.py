@@ -110,8 +110,12 @@ class VAE(engine.Model):
         mu, _ = self.encode(x)
         return torch.sigmoid(self.decode(mu))
 
-    def sample(self, n: int, labels: Tensor | None = None) -> Tensor:
-        """Mean images ``sigmoid(decode(z))`` of ``z`` ~ N(0, I); ``labels`` are ignored."""
-        # torch.randn, not batch_randn: the sample-grid plugin seeds the global RNG for fixed noise.
-        z = torch.randn(n, self.config.latent_dim, device=self.device)
+    def sample(self, n: int, labels: Tensor | None = None, z: Tensor | None = None) -> Tensor:
+        """Mean images ``sigmoid(decode(z))`` of ``z`` ~ N(0, I); ``labels`` are ignored.
+
+        :param z: the codes, ``n × latent_dim`` (interpolation, exported decoders); default N(0, I).
+        """
+        if z is None:
+            # torch.randn, not batch_randn: the sample-grid plugin seeds the global RNG for fixed noise.
+            z = torch.randn(n, self.config.latent_dim, device=self.device)
         return torch.sigmoid(self.decode(z))

@@ -696,7 +696,6 @@ def test_more_bad_arguments_are_one_line_errors(
         (("eval", runs["vae"], "--json", outputs["existing"]), ["--json = ", "exists; choose another path"]),
         (("export", runs["vae"], "--out", outputs["full"]), ["--out = ", "exists"]),
         (("sample", runs["vae"], "--out", tmp_path / "s.gif"), ["--out = ", "must be a PNG grid (*.png)"]),
-        (("sample", runs["vae"], "--interpolate", "--out", tmp_path / "i.png"), ["--interpolate = 'vae'", "latent"]),
         (("sample", runs["gan"], "--reconstruct", tmp_path, "--out", tmp_path / "r.png"), ["--reconstruct = 'gan'"]),
         (
             ("sample", runs["ae"], "--reconstruct", outputs["full"], "--out", tmp_path / "r.png"),
