@@ -160,6 +160,13 @@ RAY_AUTH_MODE=token timeout 300 ray job submit --address "http://127.0.0.1:$DASH
 grep -q "gentrain: outputs under $HOME/gentrain-runs/runs" "$OUT/job.log"
 grep -q "outputs: $JOB_RUN" "$OUT/job.log"
 ls "$JOB_RUN"/checkpoints/step=*.pt
+test "$(tail -n +2 "$JOB_RUN/metrics.csv" | wc -l)" -eq 1
+# A second submit of the same run.name resumes that run: epoch 0 is not redone, one more epoch is trained.
+RAY_AUTH_MODE=token timeout 300 ray job submit --address "http://127.0.0.1:$DASH_PORT" --working-dir . -- \
+    python recipes/quickstart.py --smoke "run.name=$JOB_NAME" scaling.num_workers=1 trainer.epochs=2 >"$OUT/job2.log" 2>&1 ||
+    { tail -40 "$OUT/job2.log"; exit 1; }
+test "$(tail -n +2 "$JOB_RUN/metrics.csv" | wc -l)" -eq 2  # 3 if epoch 0 had been redone
+grep -q "outputs: $JOB_RUN" "$OUT/job2.log"
 t_job=$(date +%s)
 
 echo "== ray down"
