@@ -86,3 +86,20 @@ def ray_local(ray_session: RaySession) -> dict[str, Any]:
 @pytest.fixture
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _keep_ray_auth_mode() -> Iterator[None]:
+    """Restore ``RAY_AUTH_MODE`` after each test.
+
+    The CLI sets it for the rest of its process when it joins a token-auth
+    cluster through ``RAY_ADDRESS`` (engine.recipes.use_cluster_token); a test
+    that runs the CLI in-process with ``RAY_ADDRESS`` set would otherwise leave
+    it to every later test, and a later local ``ray.init`` then fails to start.
+    """
+    before = os.environ.get("RAY_AUTH_MODE")
+    yield
+    if before is None:
+        os.environ.pop("RAY_AUTH_MODE", None)
+    else:
+        os.environ["RAY_AUTH_MODE"] = before
