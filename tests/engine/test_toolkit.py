@@ -107,6 +107,29 @@ def test_ema_survives_resume_bit_exactly(tmp_path: Path) -> None:
             assert torch.equal(value, b["ema"][module][key]), (module, key)
 
 
+def test_ema_leaves_the_raw_weights_bit_identical_to_a_run_without_it(tmp_path: Path) -> None:
+    """The EMA only reads the weights: a DCGAN (BatchNorm buffers, two optimizers) trained with
+    ``trainer.ema_decay`` ends with the raw weights of the same run without it, so one run gives both
+    sides of "GAN with EMA against the same GAN without" (``bench/quality.py``)."""
+    base: dict[str, Any] = {
+        "model": {"name": "gan", "arch": "dcgan", "channels": 4, "latent_dim": 8},
+        "data": {"name": "shapes", "n": 192, "size": 16},
+        "trainer": {"epochs": 2, "batch_size": 32, "seed": 3, "num_threads": 1},
+        "callbacks": {"progress": False, "tensorboard": False, "csv": False, "sample_every": 1},
+    }
+    for name, extra in (("plain", {}), ("ema", {"ema_decay": 0.99})):
+        run = {**base, "trainer": {**base["trainer"], **extra}, "run": {"output_dir": str(tmp_path), "name": name}}
+        engine.fit(run)
+    plain, ema = final(tmp_path, "plain"), final(tmp_path, "ema")
+    assert ema["ema"]
+    assert not plain.get("ema")
+    assert plain["model"].keys() == ema["model"].keys()
+    for key, value in plain["model"].items():
+        assert torch.equal(value, ema["model"][key]), key
+    averaged = ema["ema"]["gen"]
+    assert any(not torch.equal(v, ema["model"][f"gen.{k}"]) for k, v in averaged.items() if v.is_floating_point())
+
+
 def test_unknown_ema_module_is_a_config_error(tmp_path: Path) -> None:
     with plugin_manager(Models()), pytest.raises(engine.ConfigError, match=r"trainer\.ema_modules.*'gen'.*enc, dec"):
         engine.fit(config(tmp_path, trainer={"ema_decay": 0.9, "ema_modules": ["gen"]}))
