@@ -19,6 +19,11 @@ the very same modules from the same initial weights) this script reports:
    what the engine adds even when the machine is too busy to time it.
 4. **hooks** -- the trainer hooks the loop fires per step, with the default
    built-in plugins loaded, timed in isolation and divided by the engine's step time.
+5. **toolkit** -- what ``trainer.ema_decay=0.999`` adds per epoch against the plain engine,
+   and what ``callbacks.sample_metrics`` (all four figures of 1,000 samples, every epoch)
+   adds against the same run with only its validation pass; interleaved rounds, per-epoch
+   wall and thread-CPU seconds, medians of per-round differences and ratios
+   (``--toolkit-only`` runs just this, ``--no-toolkit`` skips it).
 
 Every side holds the same uint8 images in memory and converts each batch to float
 (as the engine's loader does) and calls the model's own ``training_step``, so what
@@ -115,11 +120,17 @@ def model_section(name: str, arch: str) -> dict[str, Any]:
 
 
 def run_config(
-    name: str, args: argparse.Namespace, epochs: int, out_dir: str, tag: str, loader: str = "memory"
+    name: str,
+    args: argparse.Namespace,
+    epochs: int,
+    out_dir: str,
+    tag: str,
+    loader: str = "memory",
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The engine config of one benchmark run: in-process, no validation, callbacks off."""
+    """The engine config of one benchmark run: in-process, no validation, callbacks off; ``overrides`` by section."""
     data, _ = data_section(args.limit)
-    return {
+    config: dict[str, Any] = {
         "model": model_section(name, args.arch),
         "data": {**data, "val_fraction": 0.0, "loader": loader},
         "trainer": {
@@ -134,6 +145,9 @@ def run_config(
         "run": {"name": tag, "output_dir": out_dir, "resume": "never"},
         "callbacks": {"progress": False, "csv": False, "tensorboard": False, "sample_every": 0},
     }
+    for section, values in (overrides or {}).items():
+        config[section] = {**config[section], **values}
+    return config
 
 
 def sync(device: torch.device) -> None:
@@ -481,6 +495,7 @@ def train_engine(
     loader: str = "memory",
     keep: dict[str, Any] | None = None,
     counter: WorkCounter | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> Run:
     """``engine.fit`` in this process with the default built-in plugins (minus ``blocked``) and a timer."""
     timer: EpochTimer
@@ -489,10 +504,11 @@ def train_engine(
     else:
         timer = LossRecorder(s.device) if record else EpochTimer(s.device)
     with tempfile.TemporaryDirectory(prefix="gentrain-bench-") as out, plugin_manager(timer, blocked=blocked) as pm:
-        engine.fit(run_config(s.name, args, epochs, out, f"{s.name}-engine", loader), plugins=pm)
+        engine.fit(run_config(s.name, args, epochs, out, f"{s.name}-engine", loader, overrides), plugins=pm)
         if keep is not None:
             keep["trainer"] = timer.trainer
-    steps = len(s.images) // args.batch
+    val_fraction = float((overrides or {}).get("data", {}).get("val_fraction", 0.0))
+    steps = (len(s.images) - round(len(s.images) * val_fraction)) // args.batch
     losses = [_floats(r) for r in timer.losses] if isinstance(timer, LossRecorder) else []
     return Run(timer.epoch_s, timer.epoch_cpu_s, steps, losses)
 
@@ -843,6 +859,64 @@ def bench_model(name: str, args: argparse.Namespace, results: dict[str, Any]) ->
     results[name] = res
 
 
+SAMPLE_METRICS = ["frechet", "kid", "classifier_score", "class_coverage"]
+TOOLKIT_VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
+    "engine": {},
+    "engine+ema": {"trainer": {"ema_decay": 0.999}},
+    "engine+val": {"data": {"val_fraction": 0.1}},
+    "engine+val+sample_metrics": {
+        "data": {"val_fraction": 0.1},
+        "callbacks": {"sample_metrics": SAMPLE_METRICS, "sample_metrics_every": 1, "sample_metrics_n": 1000},
+    },
+}
+"""What the toolkit costs: EMA against the plain engine; sample metrics (every epoch, 1,000 samples) against the
+same run with its validation pass alone (both hold out 10% for validation)."""
+TOOLKIT_PAIRS = (("engine+ema", "engine"), ("engine+val+sample_metrics", "engine+val"))
+
+
+def toolkit_cost(name: str, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    """Per-epoch wall and thread-CPU time of the engine with EMA and with sample metrics, interleaved rounds.
+
+    An epoch is timed from ``gentrain_on_train_epoch_start`` to ``gentrain_on_train_epoch_end``: its
+    training steps and its validation pass, where the sample metrics run; the first ``--warmup``
+    epochs are excluded. The classifiers of the sample metrics are trained once, before the rounds,
+    and loaded from their cache by every timed run (a once-per-run cost, not per epoch).
+    """
+    s = make_setup(name, args)
+    print(f"\n== toolkit cost per epoch: {name} ({s.config.model.params.arch}), {s.data_note}, batch {args.batch} ==")
+    train_engine(s, args, 1, overrides=TOOLKIT_VARIANTS["engine+val+sample_metrics"])  # trains/caches classifiers
+    variants: dict[str, Callable[[], Run]] = {
+        v: (lambda v=v: train_engine(s, args, args.epochs, overrides=TOOLKIT_VARIANTS[v])) for v in TOOLKIT_VARIANTS
+    }
+    t = timing(s, args, variants)
+    res: dict[str, Any] = {"per_epoch": {}, "added": {}}
+    print(f"  {'variant':<26} {'wall s/epoch':>13} {'thread-cpu s/epoch':>19}")
+    for v in variants:
+        val_fraction = float(TOOLKIT_VARIANTS[v].get("data", {}).get("val_fraction", 0.0))
+        steps = (len(s.images) - round(len(s.images) * val_fraction)) // args.batch  # as train_engine counts them
+        wall = [x * steps for x in t["wall_step_s"][v]]
+        cpu = [x * steps for x in t["cpu_step_s"][v]]
+        res["per_epoch"][v] = {"wall_s": wall, "cpu_s": cpu}
+        print(f"  {v:<26} {median(wall):>13.3f} {median(cpu):>19.3f}")
+    for with_, without in TOOLKIT_PAIRS:
+        a, b = res["per_epoch"][with_], res["per_epoch"][without]
+        added_wall = median([x - y for x, y in zip(a["wall_s"], b["wall_s"], strict=True)])
+        added_cpu = median([x - y for x, y in zip(a["cpu_s"], b["cpu_s"], strict=True)])
+        ratio_wall = median([x / y for x, y in zip(a["wall_s"], b["wall_s"], strict=True)])
+        ratio_cpu = median([x / y for x, y in zip(a["cpu_s"], b["cpu_s"], strict=True)])
+        res["added"][f"{with_} - {without}"] = {
+            "wall_s": added_wall,
+            "cpu_s": added_cpu,
+            "wall_ratio": ratio_wall,
+            "cpu_ratio": ratio_cpu,
+        }
+        print(
+            f"  {with_} vs {without}: {added_wall:+.3f} s/epoch wall ({ratio_wall:.3f}x), "
+            f"{added_cpu:+.3f} s/epoch thread-cpu ({ratio_cpu:.3f}x) (medians of per-round figures)"
+        )
+    results.setdefault("toolkit", {})[name] = res
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     add_common_args(p)
@@ -855,6 +929,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bare", action="store_true", help="skip the engine-with-callbacks-blocked variant")
     p.add_argument("--timing-only", action="store_true", help="skip the identity, work-count and hook checks")
     p.add_argument("--quick", action="store_true", help="2 rounds x 2 epochs: a smoke run, not a measurement")
+    p.add_argument("--no-toolkit", action="store_true", help="skip what EMA and sample metrics cost per epoch")
+    p.add_argument("--toolkit-only", action="store_true", help="only what EMA and sample metrics cost per epoch")
     args = p.parse_args(argv)
     if args.quick:
         args.reps, args.epochs, args.check_epochs = 2, 2, 1
@@ -874,7 +950,10 @@ def main(argv: list[str] | None = None) -> int:
         None if args.lightning else ("--no-lightning" if args.no_lightning else "not installed")
     )
     for name in args.models.split(","):
-        bench_model(name, args, results)
+        if not args.toolkit_only:
+            bench_model(name, args, results)
+        if not args.no_toolkit:
+            toolkit_cost(name, args, results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
