@@ -9,13 +9,14 @@
     gentrain new-plugin NAME [--dir DIR]
     gentrain sample RUN [--n N] [--labels 3|1,2,5|0-9|all] [--seed S] [--out samples.png|DIR/|x.npz|x.pt]
                         [--reconstruct FOLDER | --interpolate]
-    gentrain eval RUN [data.key=value ...] [--n N] [--iwae-k K] [--json PATH]
+    gentrain eval RUN [data.key=value | scaling.key=value ...] [--n N] [--iwae-k K] [--json PATH]
     gentrain export RUN [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import sys
 from collections.abc import Sequence
@@ -311,7 +312,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_run_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", metavar="RUN", help="a run directory, its checkpoints/ folder, a checkpoint file, or a URI (s3://...)")
+    p.add_argument(
+        "run", metavar="RUN", help="a run directory, its checkpoints/ folder, a checkpoint file, or a URI (s3://...)"
+    )
     p.add_argument("--checkpoint", default="last", help="last (default), best (by --metric) or a step number")
     p.add_argument("--metric", help="the metric --checkpoint best ranks by (default val/loss, val/elbo or val/recon)")
     p.add_argument("--mode", default="min", help="min (default) or max: which --metric is better")
@@ -348,11 +351,16 @@ def _add_use_parsers(sub: Any) -> None:
         help="held-out metrics of a trained run",
         description="Held-out metrics of a trained run, each next to what real data scores: -ELBO and the IWAE "
         "bound where the model has a likelihood, reconstruction error, and the classifier Fréchet distance, KID, "
-        "classifier score (and class accuracy) of --n samples. Data overrides (data.split=test ...) pick other data.",
+        "classifier score (and class accuracy) of --n samples. Data overrides (data.split=test ...) pick other data; "
+        "scaling.num_workers=N draws the samples on N Ray workers (the same figures).",
     )
     p.__class__ = _OneLineParser
     _add_run_arguments(p)
-    p.add_argument("overrides", nargs="*", help="data overrides, e.g. data.split=test data.val_fraction=0")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="data or scaling overrides, e.g. data.split=test data.val_fraction=0 scaling.num_workers=4",
+    )
     p.add_argument("--n", type=int, default=1000, help="samples for the sample metrics (default 1000)")
     p.add_argument("--iwae-k", type=int, default=50, help="IWAE bound importance samples, 0 skips it (default 50)")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and estimators (default 0)")
@@ -440,8 +448,14 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> a
     return args
 
 
+@functools.cache
+def _parser() -> argparse.ArgumentParser:
+    """The parser, built once per process: building it costs more than a small ``gentrain sample``."""
+    return build_parser()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(build_parser(), argv)
+    args = parse_args(_parser(), argv)
     try:
         return int(args.func(args))
     except GentrainError as e:

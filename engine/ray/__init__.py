@@ -11,6 +11,8 @@ One home per concern:
 * :mod:`engine.ray.trial` – what runs inside a Tune trial;
 * :mod:`engine.ray.tune` – the search driver, :func:`tune`;
 * :mod:`engine.ray.results` – the table of trials, ``trials.csv``, ``trials.png``, ``best.yaml``.
+* :mod:`engine.ray.tasks` – plain Ray tasks, one per worker, for work that is not training
+  (``gentrain eval``'s samples).
 
 Ray itself is imported only when one of these runs, so importing
 :mod:`engine` stays cheap. ``engine.ray.tune`` is the function re-exported
