@@ -261,6 +261,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from engine.evaluate import evaluate
     from engine.export import atomic_file, check_output
+    from engine.recipes import use_cluster_token
+
+    use_cluster_token()  # before Ray is imported: scaling.num_workers > 0 draws the samples on Ray, as fit trains
 
     _positive_arg("n", args.n)
     _positive_arg("batch_size", args.batch_size)
