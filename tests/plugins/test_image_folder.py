@@ -52,6 +52,19 @@ def test_make_folder_writes_rgb_pngs_in_class_folders(tmp_path: Path) -> None:
     assert labels.dtype == np.int64
 
 
+def test_make_folder_writes_the_same_files_whatever_the_number_of_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from plugins.datasets import make_folder as module
+
+    monkeypatch.setattr(module, "CHUNK", 10)  # 3 chunks, dealt to 2 processes
+    one = module.write_folder(tmp_path / "one", 25, 16, seed=4)
+    two = module.write_folder(tmp_path / "two", 25, 16, seed=4, processes=2)
+    assert [p.relative_to(tmp_path / "one") for p in one] == [p.relative_to(tmp_path / "two") for p in two]
+    assert [p.read_bytes() for p in one] == [p.read_bytes() for p in two]
+    assert len({p.read_bytes() for p in one}) == 25
+
+
 def test_factory_returns_a_stream_with_its_spec_read_from_no_image(tmp_path: Path, pm: Any) -> None:
     for i in range(5):
         png(tmp_path / "a" / f"{i}.png", (40, 30))
