@@ -457,9 +457,19 @@ class RayShardLoader:
     cluster's CPUs. Rows are shuffled per epoch in a local buffer seeded from
     ``(seed, epoch)``; ``augment`` (random crop, flip) runs here, from
     ``(seed, epoch, index)``, as Ray's pipeline does not know the epoch.
-    Ray Data does not promise that a shard holds the same rows in every run,
-    so a resumed epoch skips ``start`` batches of *its* shard: the count of
-    samples is exact, the samples themselves may differ from an uninterrupted run.
+
+    Resume is exact in counts, not in rows. Ray Train splits the dataset with
+    ``streaming_split``, which deals blocks to whichever worker asks next (so a
+    slow worker gets fewer, not late, blocks): which rows a shard holds in an
+    epoch depends on timing, and differs from run to run. The rows trained
+    before an interruption are not recorded either, so a resumed epoch skips
+    ``start`` batches of *its* shard. Guaranteed (``tests/engine/test_streaming.py``):
+    steps continue from the checkpoint's; the resumed epoch has its full number
+    of batches, each from the training set; every later epoch sees each image
+    exactly once across the workers (``equal`` shards, nothing twice). Not
+    guaranteed: in the epoch of the interruption some images may be trained
+    twice and as many not at all, and batches differ from an uninterrupted run.
+    Where bit-for-bit resume matters, use ``data.loader=dataloader``.
     """
 
     def __init__(

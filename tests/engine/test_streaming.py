@@ -247,31 +247,55 @@ def seen(run_dir: Path, rank: int) -> list[tuple[int, int, list[int]]]:
 def test_ray_data_gives_each_worker_a_disjoint_shard_and_resumes(
     folder: Path, tmp_path: Path, ray_local: Any, ray_workers_env: Any
 ) -> None:
+    """2 Ray Train workers on ``data.loader=ray_data``: disjoint shards covering the training set, and a resume.
+
+    The run stops at step 22 (epoch 1, batch 4) and is resumed. What is guaranteed (see
+    ``engine.loaders.RayShardLoader``): steps continue from the checkpoint's, none redone or
+    skipped; the resumed epoch has its full number of steps, each from the training set, no
+    image twice within what each part of it trained; every later epoch sees each training image
+    exactly once across the workers. Not guaranteed: the same rows as an uninterrupted run in
+    the epoch of the interruption (Ray Data deals blocks to whichever worker asks first).
+    """
     config = run_config(
         folder,
         tmp_path,
         "ray",
         data={"name": "indexed_folder", "loader": "ray_data", "loader_workers": 0},
-        trainer={"epochs": 2, "batch_size": 16, "max_steps": 22},
+        trainer={"epochs": 3, "batch_size": 16, "max_steps": 22},
         scaling={"num_workers": 2, "max_failures": 0, "start_timeout_s": 300},
     )
     first = engine.fit(config, plugins=ray_workers_env)
     run_dir = first.run_dir
     per_rank = (576 // 2) // 16  # equal shards of the 576 training images, batch 16: 18 steps an epoch
     assert first.metrics["step"] == 22
-    epoch0 = [sorted(i for e, _, idx in seen(run_dir, r) if e == 0 for i in idx) for r in (0, 1)]
+
+    def epoch(e: int, rank: int, steps: range | None = None) -> list[int]:
+        return [i for ep, s, idx in seen(run_dir, rank) if ep == e and (steps is None or s in steps) for i in idx]
+
+    epoch0 = [sorted(epoch(0, r)) for r in (0, 1)]
     assert len(epoch0[0]) == len(epoch0[1]) == per_rank * 16
     assert not set(epoch0[0]) & set(epoch0[1])  # disjoint shards
     assert len(set(epoch0[0])) == len(epoch0[0])  # nothing twice within a shard
-    val = set(range(640)) - set(epoch0[0]) - set(epoch0[1])
-    assert len(val) == 64  # exactly the held-out images were never trained on (none lost to equal shards)
-    # Resume: the stopped run continues at step 22 (epoch 1, batch 4) and ends at step 36.
+    train = set(epoch0[0]) | set(epoch0[1])
+    assert len(set(range(640)) - train) == 64  # exactly the held-out images were never trained on
+    # Resume: the stopped run continues at step 22 (epoch 1, batch 4) and ends at step 54.
     resumed = engine.fit({**config, "trainer": {**config["trainer"], "max_steps": None}}, plugins=ray_workers_env)
-    assert resumed.metrics["step"] == 2 * per_rank
+    assert resumed.metrics["step"] == 3 * per_rank
+    state = checkpoint.load(resumed.checkpoint)
+    assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (3, 54, 0)
     for r in (0, 1):
         steps = [s for _, s, _ in seen(run_dir, r)]
-        assert steps == list(range(2 * per_rank)), steps  # no step redone, none skipped
-        assert {i for e, _, idx in seen(run_dir, r) for i in idx} <= set(range(640)) - val
+        assert steps == list(range(3 * per_rank)), steps  # no step redone, none skipped
+        assert [e for e, _, _ in seen(run_dir, r)] == [s // per_rank for s in steps]
+        for part in (range(18, 22), range(22, 36)):  # epoch 1 before the stop, and resumed
+            trained = epoch(1, r, part)
+            assert len(trained) == len(part) * 16
+            assert len(set(trained)) == len(trained)
+            assert set(trained) <= train
+    # The epoch after the resume: each training image exactly once across the workers.
+    epoch2 = [epoch(2, r) for r in (0, 1)]
+    assert len(epoch2[0]) == len(epoch2[1]) == per_rank * 16
+    assert sorted(epoch2[0] + epoch2[1]) == sorted(train)
 
 
 @pytest.mark.gpu
