@@ -261,11 +261,12 @@ def _collate(items: list[Any]) -> tuple[Tensor | None, Tensor | None, list[str]]
     return x, y, bad
 
 
-def _bad_files(messages: list[str], policy: str) -> int:
+def _bad_files(messages: list[str], policy: str, before: int = 0) -> int:
+    """Raise on the first bad file (``fail``) or log each with the running count (``skip``); returns how many."""
     if messages and policy == "fail":
         raise DataError(f"{messages[0]} (data.on_bad_file=skip drops such files and counts them)")
-    for m in messages:
-        _log.warning("gentrain: skipped a bad file: %s", m)
+    for k, m in enumerate(messages, before + 1):
+        _log.warning("gentrain: skipped a bad file (%d so far): %s", k, m)
     return len(messages)
 
 
@@ -430,7 +431,7 @@ class DataLoaderAdapter:
             self.stream.first = start
         b = start
         for x, y, bad in self.loader:
-            self.skipped += _bad_files(bad, self.on_bad_file)
+            self.skipped += _bad_files(bad, self.on_bad_file, self.skipped)
             if x is None:
                 raise DataError(f"every file of a batch was unreadable ({len(bad)} skipped); first: {bad[0]}")
             b += 1

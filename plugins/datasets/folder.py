@@ -14,7 +14,9 @@ decoding as a Ray Dataset (``data.loader=ray_data``).
 Every problem names the file: an unreadable or corrupt image, a mode that
 cannot be converted to 8-bit (16-bit or float images), an image smaller than
 the crop, a symlink that loops back to a folder above it, a folder or file
-reached twice (nothing is silently read twice), an empty folder.
+reached twice (nothing is silently read twice), an empty folder, a file that
+disappeared after the folder was listed (the list is fixed when the run starts, so
+files added later are not read in it).
 """
 
 from __future__ import annotations
@@ -189,6 +191,11 @@ def decode(path: str, t: Transforms) -> torch.Tensor:
             array = np.asarray(image, dtype=np.uint8)
     except DataError:
         raise
+    except FileNotFoundError as exc:
+        raise DataError(
+            f"image {path} no longer exists: the folder changed after the run listed it "
+            "(files added since are not read until the next run)"
+        ) from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         raise DataError(f"cannot read image {path}: {exc}") from exc
     chw = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)

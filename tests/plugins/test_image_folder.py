@@ -179,6 +179,56 @@ def test_a_corrupt_file_fails_naming_it_or_is_skipped_and_counted(tmp_path: Path
     assert loader.skipped == 1
 
 
+class ChangeTheFolder:
+    """When training starts, deletes one listed image and adds an unreadable one."""
+
+    def __init__(self, gone: Path, added: Path) -> None:
+        self.gone, self.added = gone, added
+
+    @engine.hookimpl
+    def gentrain_on_fit_start(self) -> None:
+        self.gone.unlink()
+        self.added.write_bytes(b"not a png")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_folder_that_changes_during_training_names_the_file_or_skips_it(
+    tmp_path: Path, workers: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    from engine.testing import plugin_manager
+
+    root = tmp_path / "pngs"
+    make_folder([str(root), "--n", "40", "--size", "16"])
+    gone, added = sorted(root.rglob("*.png"))[7], root / "square" / "added-later.png"
+    config = {
+        "model": {"name": "gan", "arch": "dcgan", "channels": 4, "latent_dim": 8},
+        "data": {
+            "name": "image_folder",
+            "root": str(root),
+            "size": 16,
+            "loader": "dataloader",
+            "loader_workers": workers,
+        },
+        "trainer": {"epochs": 1, "batch_size": 4, "num_threads": 1},
+        "run": {"output_dir": str(tmp_path / "out"), "name": "fail"},
+        "callbacks": {"progress": False, "tensorboard": False, "csv": False, "sample_every": 0},
+    }
+    with plugin_manager(ChangeTheFolder(gone, added)), pytest.raises(DataError) as info:
+        engine.fit(config)
+    message = str(info.value)
+    assert f"image {gone} no longer exists: the folder changed after the run listed it" in message
+    assert "\n" not in message
+    png(gone, (16, 16))
+    added.unlink()
+    skip = {**config, "data": {**config["data"], "on_bad_file": "skip"}, "run": {**config["run"], "name": "skip"}}
+    with plugin_manager(ChangeTheFolder(gone, added)), caplog.at_level("WARNING", logger="gentrain"):
+        result = engine.fit(skip)
+    assert result.metrics["step"] == 36 // 4  # 40 images, 4 held out: one batch is an image short
+    skipped = [r.getMessage() for r in caplog.records if "skipped a bad file" in r.getMessage()]
+    assert len(skipped) == 1, skipped  # the file added during the run is never read: it was not listed
+    assert f"(1 so far): image {gone} no longer exists" in skipped[0]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_path_sees_the_same_batches_and_resumes_mid_epoch(tmp_path: Path, pm: Any, workers: int) -> None:
     make_folder([str(tmp_path), "--n", "40", "--size", "16"])
