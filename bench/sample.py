@@ -82,7 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a run directory (default: train a small GAN on shapes first)")
     parser.add_argument("--model", default="gan", help="model to train when --run is not given (default gan)")
-    parser.add_argument("--n", type=int, default=2000, help="images per round (default 2000)")
+    parser.add_argument("--n", type=int, default=10_000, help="images per round (default 10000)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
