@@ -7,6 +7,15 @@ Usage (run_all.sh does this)::
 ``OUTDIR`` holds ``overhead.json``, ``overhead_allcores.json``, ``data_path.json``,
 ``memory.json``, the scripts' printed logs (``*.txt``) and, if bench/ddp.py ran,
 ``ddp.txt``.
+
+The sections of using a trained model and of the generative toolkit (``sample.txt``,
+``toolkit.txt``/``toolkit.json``, ``data_folder.txt``/``data_folder.json``) can also be
+measured on their own (``EXTRA_ONLY=1 bash bench/run_all.sh``)::
+
+    python bench/report.py --extra OUTDIR < bench/RESULTS.md > RESULTS.md.new
+
+keeps everything above :data:`EXTRA_MARK` and writes those sections below it, with the
+date and load of their own run.
 """
 
 from __future__ import annotations
@@ -18,6 +27,9 @@ from pathlib import Path
 from typing import Any
 
 TARGET_RATIO = 1.02
+TARGET_SAMPLE = 0.95
+TARGET_FOLDER = 0.05
+EXTRA_MARK = "<!-- sections below: sampling, toolkit, folder data -->"
 TARGET_RSS = 1.2
 TARGET_HOOKS = 0.01
 
@@ -178,7 +190,90 @@ def meminfo() -> str:
     return "unknown"
 
 
+def extra_sections(out: Path) -> list[str]:
+    """The sampling, toolkit and folder-data sections, from whatever of their logs ``out`` holds."""
+    w: list[str] = [EXTRA_MARK, ""]
+    p = w.append
+    if (out / "t_start.txt").exists() and (out / "extra_only.txt").exists():
+        minutes = (int(text(out, "t_end.txt")) - int(text(out, "t_start.txt"))) / 60
+        p(
+            f"Measured by `EXTRA_ONLY=1 bash bench/run_all.sh` on {text(out, 'date.txt')}; load average at start "
+            f"`{text(out, 'load_start.txt')}`, at end `{text(out, 'load_end.txt')}` ({minutes:.1f} min)."
+        )
+        p("")
+    sample = text(out, "sample.txt")
+    p("## Sampling (bench/sample.py)")
+    p("")
+    if sample:
+        p(
+            "`gentrain sample` in-process against the same job written by hand (read the checkpoint, build the "
+            f"model, a `model.sample` loop, `np.savez`); target images/s ratio ≥ {TARGET_SAMPLE}. Medians of "
+            "interleaved rounds, wall and process-CPU time; then a fresh `gentrain sample --n 10000` process, "
+            "start-up included."
+        )
+        p("")
+        p("```")
+        p(sample)
+        p("```")
+    else:
+        p("Not measured in this run.")
+    p("")
+    p("## Toolkit cost per epoch (bench/overhead.py, toolkit part)")
+    p("")
+    toolkit = text(out, "toolkit.txt")
+    if toolkit:
+        p(
+            "What `trainer.ema_decay=0.999` adds to an epoch against the plain engine, and what "
+            "`callbacks.sample_metrics` (Fréchet, KID, classifier score, class coverage of 1,000 samples, every "
+            "epoch) adds against the same run with only its validation pass. Interleaved rounds; medians of "
+            "per-round differences."
+        )
+        p("")
+        p("```")
+        p(toolkit)
+        p("```")
+    else:
+        p("Not measured in this run.")
+    p("")
+    p("## Data from a folder of PNGs (bench/data_path.py --part folder)")
+    p("")
+    folder = load(out, "data_folder.json")
+    if folder:
+        f = folder.get("folder", folder)
+        p(
+            f"{f['images']} PNGs, 64×64 RGB, resized, random 56-crops and flips on every path; images/s delivered "
+            "to the model (float batches), each engine path against the hand-written `DataLoader` + "
+            "`ImageFolder`-style reference with the same number of workers and the same transforms; target: the "
+            f"DataLoader path within {TARGET_FOLDER:.0%} of the reference."
+        )
+        p("")
+        p("| path | vs | wall ratio | CPU ratio | |")
+        p("|---|---|---|---|---|")
+        for name, ratio in f["vs_reference_wall"].items():
+            cpu = f["vs_reference_cpu"][name]
+            verdict = mark(ratio >= 1 - TARGET_FOLDER) if name.startswith("dataloader") else "-"
+            p(f"| {name} | reference | {ratio:.3f} | {cpu:.3f} | {verdict} |")
+        p("")
+        p("```")
+        p(text(out, "data_folder.txt"))
+        p("```")
+    else:
+        p("Not measured in this run.")
+    p("")
+    return w
+
+
+def extra_only(out: Path) -> int:
+    """Stdin's RESULTS.md up to :data:`EXTRA_MARK`, then this run's extra sections."""
+    current = sys.stdin.read()
+    head = current.split(EXTRA_MARK)[0].rstrip()
+    print(head + "\n\n" + "\n".join(extra_sections(out)).rstrip())
+    return 0
+
+
 def main() -> int:
+    if sys.argv[1] == "--extra":
+        return extra_only(Path(sys.argv[2]))
     out = Path(sys.argv[1])
     ov = load(out, "overhead.json")
     ov2 = load(out, "overhead_allcores.json")
@@ -504,6 +599,8 @@ def main() -> int:
     p("")
     w.extend(gpu_section(gpu))
     p("")
+
+    w.extend(extra_sections(out))
 
     # -- logs --------------------------------------------------------------------
     p("## Logs")
