@@ -7,7 +7,9 @@ with its config class. The readers live in :mod:`plugins.datasets.io`.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
@@ -103,7 +105,7 @@ def image_folder(config: ImageFolderConfig, data: engine.DataConfig) -> engine.S
     Only the file list is read here; images are decoded as they are needed
     (in memory once when they fit and nothing is random, ``data.loader=auto``).
     """
-    from plugins.datasets.folder import FolderDataset, RandomTransforms, RayFolder, Transforms, scan
+    from plugins.datasets.folder import FolderDataset, RandomTransforms, RayFolder, Transforms, remember, scan
 
     crop = config.center_crop or config.size
     resize = config.size if config.resize is None else config.resize
@@ -113,7 +115,9 @@ def image_folder(config: ImageFolderConfig, data: engine.DataConfig) -> engine.S
         raise engine.ConfigError.one(
             "data.random_crop", config.random_crop, f"is larger than the {crop}×{crop} centre crop it is taken from"
         )
-    paths, labels, classes = scan(data.root_path("image_folder"), config.labels)
+    root = data.root_path("image_folder")
+    paths, labels, classes = scan(root, config.labels)
+    remember(root, paths)
     channels = 1 if config.to_grayscale else config.channels
     transforms = Transforms(resize=resize, center_crop=crop, channels=channels)
     random = RandomTransforms(config.random_crop or 0, config.hflip)
@@ -127,6 +131,35 @@ def image_folder(config: ImageFolderConfig, data: engine.DataConfig) -> engine.S
         to_ray=RayFolder(paths, labels, transforms),
         name="image_folder",
     )
+
+
+@engine.hookimpl
+def gentrain_on_save_checkpoint(trainer: engine.Trainer, state: dict[str, Any]) -> None:
+    """Keep the listing of the image folder trained on, so a resume can tell whether it changed."""
+    from plugins.datasets.folder import LISTINGS
+
+    if trainer.config.data.root is None:
+        return
+    root = str(Path(trainer.config.data.root).expanduser().resolve())
+    if root in LISTINGS:
+        files, digest = LISTINGS[root]
+        state["plugin_state"]["datasets"] = {"root": root, "files": files, "digest": digest}
+
+
+@engine.hookimpl
+def gentrain_on_load_checkpoint(trainer: engine.Trainer, state: dict[str, Any]) -> None:
+    """A resumed run on an image folder that changed since the checkpoint says so: its batches differ."""
+    from plugins.datasets.folder import changed_since
+
+    saved = state.get("plugin_state", {}).get("datasets")
+    why = changed_since(saved) if isinstance(saved, dict) else None
+    if why is not None and trainer.is_rank_zero:
+        logging.getLogger("gentrain").warning(
+            "gentrain: %s (data.root); the resumed run continues at step %d, but on other batches than "
+            "the interrupted run would have seen: restore the folder for an exact resume",
+            why,
+            trainer.step,
+        )
 
 
 @engine.hookimpl

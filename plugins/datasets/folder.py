@@ -138,6 +138,28 @@ def scan(root: str | os.PathLike[str], labels: str = "folders") -> tuple[np.ndar
     return np.array(paths, dtype=np.bytes_), label, [name for name, _ in per_class]
 
 
+#: The last listing of each folder in this process: ``{root: (number of images, digest of their paths)}``.
+#: A checkpoint keeps it, and a resumed run compares (:func:`changed_since`).
+LISTINGS: dict[str, tuple[int, str]] = {}
+
+
+def remember(root: str | os.PathLike[str], paths: np.ndarray) -> None:
+    import hashlib
+
+    LISTINGS[str(root)] = (len(paths), hashlib.sha256(paths.tobytes()).hexdigest())
+
+
+def changed_since(saved: dict[str, Any]) -> str | None:
+    """How the folder of a checkpoint's listing (``{"root", "files", "digest"}``) differs now; ``None``: it does not."""
+    root = str(saved.get("root"))
+    now = LISTINGS.get(root)
+    if now is None or (now[0], now[1]) == (saved.get("files"), saved.get("digest")):
+        return None
+    if now[0] != saved.get("files"):
+        return f"image folder {root} holds {now[0]} images now, {saved.get('files')} when the checkpoint was written"
+    return f"image folder {root} holds the same number of images as when the checkpoint was written, but other names"
+
+
 # ---------------------------------------------------------------------------
 # decoding and transforms
 # ---------------------------------------------------------------------------

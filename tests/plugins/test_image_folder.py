@@ -229,6 +229,36 @@ def test_a_folder_that_changes_during_training_names_the_file_or_skips_it(
     assert f"(1 so far): image {gone} no longer exists" in skipped[0]
 
 
+def test_resuming_on_a_folder_that_changed_since_the_checkpoint_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root = tmp_path / "pngs"
+    make_folder([str(root), "--n", "40", "--size", "16"])
+    config = {
+        "model": {"name": "gan", "arch": "dcgan", "channels": 4, "latent_dim": 8},
+        "data": {"name": "image_folder", "root": str(root), "size": 16, "loader": "dataloader"},
+        "trainer": {"epochs": 3, "batch_size": 4, "num_threads": 1, "max_steps": 2},
+        "run": {"output_dir": str(tmp_path / "out"), "name": "r"},
+        "callbacks": {"progress": False, "tensorboard": False, "csv": False, "sample_every": 0},
+    }
+
+    def resume(max_steps: int) -> list[str]:
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="gentrain"):
+            engine.fit({**config, "trainer": {**config["trainer"], "max_steps": max_steps}})
+        return [r.getMessage() for r in caplog.records if "image folder" in r.getMessage()]
+
+    engine.fit(config)
+    assert resume(4) == []  # unchanged: an exact resume, nothing to say
+    png(root / "heart" / "new.png", (16, 16))
+    (warning,) = resume(6)
+    assert f"image folder {root} holds 41 images now, 40 when the checkpoint was written (data.root)" in warning
+    assert "continues at step 4, but on other batches" in warning
+    assert "\n" not in warning
+    (root / "heart" / "new.png").rename(root / "heart" / "renamed.png")  # 41 again, another name
+    assert "the same number of images as when the checkpoint was written, but other names" in resume(8)[0]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_every_path_sees_the_same_batches_and_resumes_mid_epoch(tmp_path: Path, pm: Any, workers: int) -> None:
     make_folder([str(tmp_path), "--n", "40", "--size", "16"])
