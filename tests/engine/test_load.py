@@ -600,6 +600,50 @@ def test_eval_of_a_vae_reports_its_last_validation_elbo(runs: dict[str, Path], c
     assert "real data" in proc.stdout
 
 
+@pytest.mark.skipif(not MNIST_ROOT.is_dir(), reason=f"MNIST files not found under {MNIST_ROOT}")
+def test_eval_of_an_mnist_vae_matches_its_validation_and_engine_metrics(tmp_path: Path) -> None:
+    """``gentrain eval`` of a finished MNIST VAE: its held-out -ELBO is the run's last ``val/elbo`` within
+    0.5%, and its Fréchet distance, KID and classifier score are those :func:`engine.metrics.sample_report`
+    gives for the same samples (drawn again in-process with the evaluation's per-batch seeds)."""
+    from engine.evaluate import batch_seed, classifiers
+    from engine.metrics import load_reference, sample_report
+
+    data = {"name": "mnist", "root": str(MNIST_ROOT), "split": "test", "limit": 4000, "val_fraction": 0.1}
+    # Two-epoch VAE samples are blurry enough for these small classifiers to disagree on: report the
+    # figures regardless (the agreement gate has tests of its own), so that they can be compared.
+    callbacks = {"sample_metrics_max_disagreement": 1.0}
+    with plugin_manager():
+        result = engine.fit(
+            run_config(tmp_path, "mnist-vae", {"name": "vae"}, data=data, epochs=2, callbacks=callbacks)
+        )
+    out, cache = tmp_path / "eval.json", tmp_path / "cache"
+    n, batch = 400, 128
+    proc = gentrain(
+        "eval", result.run_dir, "--n", n, "--batch-size", batch, "--iwae-k", 8, "--json", out,
+        "--classifier-cache", cache, "--classifier-epochs", 2,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(out.read_text())["metrics"]
+    last = result.metrics["val/elbo"]
+    print(f"MNIST VAE: eval -ELBO {rows['neg_elbo']['model']:.3f}, last val/elbo {last:.3f}")
+    assert abs(rows["neg_elbo"]["model"] - last) <= 0.005 * last
+    with plugin_manager() as pm:
+        run = engine.load(result.run_dir, plugins=pm)
+        pair = classifiers(run, cache_dir=cache, epochs=2)  # the cached pair the command trained
+        images = torch.cat(
+            [
+                run.sample(min(n, start + batch) - start, seed=batch_seed(0, b), batch_size=batch)
+                for b, start in enumerate(range(0, n, batch))
+            ]
+        )
+        train, held = load_reference(run.config.data, pm)
+    expected = sample_report(pair, images, train.images, held.images, seed=0)
+    for name, scale in (("frechet", 1), ("kid", 1000), ("classifier_score", 1), ("class_coverage", 1)):
+        got, want = rows[name]["model"], expected[name] * scale
+        assert math.isfinite(got), name
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-9), name
+
+
 def test_eval_of_a_gan_has_no_likelihood_and_takes_data_overrides(runs: dict[str, Path], cache: Path) -> None:
     from engine.evaluate import evaluate
 
