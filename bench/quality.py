@@ -534,22 +534,38 @@ class Row:
         return "not met"
 
 
+def finite(values: list[float]) -> list[float]:
+    return [v for v in values if not math.isnan(v)]
+
+
+def withheld(values: list[float]) -> str:
+    """`` (k of n withheld)`` when some per-seed figures are NaN (the classifiers disagreed), else ``""``."""
+    k = len(values) - len(finite(values))
+    return f" ({k} of {len(values)} withheld)" if k else ""
+
+
 def mean_sd(values: list[float], digits: int = 4) -> str:
     if not values:
         return "-"
-    m = statistics.fmean(values)
-    if len(set(values)) == 1:
-        return f"{m:.{digits}g}"
-    return f"{m:.{digits}g} ± {statistics.stdev(values):.2g}"
+    kept = finite(values)
+    if not kept:
+        return "withheld"
+    m = statistics.fmean(kept)
+    if len(set(kept)) == 1:
+        return f"{m:.{digits}g}" + withheld(values)
+    return f"{m:.{digits}g} ± {statistics.stdev(kept):.2g}" + withheld(values)
 
 
 def ratio_text(values: list[float]) -> str:
     if not values:
         return "-"
-    m = statistics.fmean(values)
-    if len(values) == 1:
-        return f"{m:.3f}"
-    return f"{m:.3f} ± {statistics.stdev(values):.3f} [{min(values):.3f}, {max(values):.3f}]"
+    kept = finite(values)
+    if not kept:
+        return "withheld"
+    m = statistics.fmean(kept)
+    if len(kept) == 1:
+        return f"{m:.3f}" + withheld(values)
+    return f"{m:.3f} ± {statistics.stdev(kept):.3f} [{min(kept):.3f}, {max(kept):.3f}]" + withheld(values)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -1001,18 +1017,19 @@ def main(argv: list[str] | None = None) -> None:
         ctx = make_context(args.mnist, args.threads, Path(runs), args.out)
         print(f"data: MNIST test set, {len(ctx.train)} training / {len(ctx.held)} held-out images (engine split)")
         part_classifier(ctx, clock, args.cache_dir)
-        if "vae" in parts:
-            rows += part_vae(ctx, s, clock)
-        if "ae" in parts:
-            rows += part_ae(ctx, s, clock)
-        if "gan" in parts:
-            rows += part_gan(ctx, s, clock)
-        if "dcgan" in parts:
-            rows += part_dcgan(ctx, s, clock)
-        if "cgan" in parts:
-            rows += part_cgan(ctx, s, clock)
-        if "aegan" in parts:
-            rows += part_aegan(ctx, s, clock)
+        for name, part in (
+            ("vae", part_vae),
+            ("ae", part_ae),
+            ("gan", part_gan),
+            ("dcgan", part_dcgan),
+            ("cgan", part_cgan),
+            ("aegan", part_aegan),
+        ):
+            if name in parts:
+                done = part(ctx, s, clock)
+                print_table(done)  # as each part ends: a later part's failure loses nothing
+                print(flush=True)
+                rows += done
 
     print()
     print_table(rows)
