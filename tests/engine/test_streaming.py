@@ -308,6 +308,53 @@ def test_ray_data_gives_each_worker_a_disjoint_shard_and_resumes(
     assert sorted(epoch2[0] + epoch2[1]) == sorted(train)
 
 
+@pytest.mark.ray
+@pytest.mark.slow
+def test_the_20000_image_folder_trains_on_ray_data_in_disjoint_shards_and_resumes(
+    large_runs: dict[int, Any], tmp_path: Path, ray_local: Any, ray_workers_env: Any
+) -> None:
+    """The memory test's 20,000 PNGs through ``data.loader=ray_data`` on 2 Ray Train workers.
+
+    Epoch 0 is dealt in disjoint shards that together are the training set; the run stops 40
+    steps into epoch 1 and is resumed: steps continue from the checkpoint, and each part of the
+    interrupted epoch trains its full count, disjoint across the workers and from the training set.
+    """
+    n = 20_000
+    config = run_config(
+        large_runs[n][0],
+        tmp_path,
+        "ray-20k",
+        data={"name": "indexed_folder", "loader": "ray_data", "loader_workers": 0, "val_fraction": VAL_IMAGES / n},
+        trainer={"epochs": 2, "batch_size": 64},
+        scaling={"num_workers": 2, "max_failures": 0, "start_timeout_s": 300},
+    )
+    per_rank = ((n - VAL_IMAGES) // 2) // 64  # equal shards, the last partial batch dropped
+    stop = per_rank + 40
+    first = engine.fit({**config, "trainer": {**config["trainer"], "max_steps": stop}}, plugins=ray_workers_env)
+    assert first.metrics["step"] == stop
+    resumed = engine.fit(config, plugins=ray_workers_env)
+    assert resumed.metrics["step"] == 2 * per_rank
+    run_dir = first.run_dir
+
+    def images(rank: int, epoch: int, steps: range) -> list[int]:
+        return [i for e, s, idx in seen(run_dir, rank) if e == epoch and s in steps for i in idx]
+
+    for r in (0, 1):
+        assert [s for _, s, _ in seen(run_dir, r)] == list(range(2 * per_rank))  # none redone, none skipped
+    epoch0 = [images(r, 0, range(per_rank)) for r in (0, 1)]
+    assert len(epoch0[0]) == len(epoch0[1]) == per_rank * 64
+    assert not set(epoch0[0]) & set(epoch0[1])
+    assert len(set(epoch0[0]) | set(epoch0[1])) == 2 * per_rank * 64  # nothing twice
+    train = set(epoch0[0]) | set(epoch0[1])
+    assert VAL_IMAGES <= n - len(train) <= VAL_IMAGES + 2 * 63  # the held-out images, and each shard's dropped tail
+    for part in (range(per_rank, stop), range(stop, 2 * per_rank)):
+        a, b = (images(r, 1, part) for r in (0, 1))
+        assert len(a) == len(b) == len(part) * 64
+        assert not set(a) & set(b)
+        assert len(set(a)) == len(a)
+        assert set(a) | set(b) <= set(range(n))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is visible here")
 def test_on_a_gpu_streamed_batches_arrive_pinned_and_equal_to_the_cpu_ones(folder: Path) -> None:
