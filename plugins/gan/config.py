@@ -63,6 +63,11 @@ class GANConfig(engine.ModelConfig):
     """Weight of the penalty; default 10 (for ``r1`` this is γ and the term is γ/2 · R1)."""
     n_critic: engine.PositiveInt = 1
     """Discriminator updates per generator update (5 for WGAN-GP)."""
+    augment: tuple[Literal["translation", "cutout"], ...] = ()
+    """DiffAugment (Zhao et al. 2020): random differentiable transforms of every image the
+    discriminator sees, real and generated, in both phases (``[translation, cutout]``: shifts of
+    up to 1/8 of the side, and a square of half the side blanked); keeps a discriminator
+    trained on a few thousand images from memorising them. Empty: off."""
     conditional: bool = False
     """Feed class labels to both networks (one-hot into the generator, a projection
     discriminator); needs labelled data."""

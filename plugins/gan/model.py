@@ -16,6 +16,7 @@ from torch import Tensor, nn
 import engine
 from plugins.nets import layer_widths, mlp_layers
 
+from .augment import diff_augment
 from .config import GANConfig, dcgan_layout
 
 
@@ -175,6 +176,10 @@ class GAN(engine.Model):
     def _labels(self, labels: Tensor) -> Tensor | None:
         return labels if self.config.conditional else None
 
+    def _seen(self, x: Tensor) -> Tensor:
+        """What the discriminator is shown of images ``x`` in training (``augment``; else ``x``)."""
+        return diff_augment(x, self.config.augment, self.batch_rand) if self.config.augment else x
+
     def training_step(self, batch: engine.Batch, phase: str) -> dict[str, Tensor]:
         x, y = batch
         labels = self._labels(y)
@@ -184,6 +189,7 @@ class GAN(engine.Model):
             # No graph through G: its DDP reducer must not wait for gradients here.
             with torch.no_grad():
                 fake = self.gen(z, labels)
+            real, fake = self._seen(real), self._seen(fake)
             d_real = self.disc(real, labels)
             d_fake = self.disc(fake, labels)
             d_loss = self.adversarial.d_loss(d_real, d_fake)
@@ -201,7 +207,7 @@ class GAN(engine.Model):
                 out["penalty"] = pen.detach()
             return {"loss": loss, **out}
         if phase == "gen":
-            g_loss = self.adversarial.g_loss(self.disc(self.gen(z, labels), labels))
+            g_loss = self.adversarial.g_loss(self.disc(self._seen(self.gen(z, labels)), labels))
             return {"loss": g_loss, "g_loss": g_loss.detach()}
         raise ValueError(f"unknown phase {phase!r}; the GAN has phases 'disc' and 'gen'")
 

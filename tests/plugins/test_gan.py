@@ -10,6 +10,7 @@ untrained generator (seen on this machine, trainer seed 0: ×0.15 (WGAN-GP) to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ import engine
 from engine.metrics import FeatureClassifier, class_accuracy, frechet_distance
 from plugins.datasets.io import make_shapes
 from plugins.gan import GAN, GANConfig
+from plugins.gan.augment import cutout, diff_augment, translation
 
 MNIST_ROOT = Path("/work/shared/data/mnist")
 SHAPES = {"name": "shapes", "n": 2000, "size": 32}
@@ -99,8 +101,9 @@ def test_every_loss_learns_the_data(
         assert "train/disc/penalty" in result.metrics
 
 
-def test_dcgan_learns_the_data(tmp_path: Path, held_out: torch.Tensor) -> None:
-    model = {"arch": "dcgan", "channels": 8, "latent_dim": 32}
+@pytest.mark.parametrize("augment", [[], ["translation", "cutout"]], ids=["plain", "diffaugment"])
+def test_dcgan_learns_the_data(tmp_path: Path, held_out: torch.Tensor, augment: list[str]) -> None:
+    model = {"arch": "dcgan", "channels": 8, "latent_dim": 32, "augment": augment}
     untrained, trained, _ = fit(config(tmp_path, model, epochs=3, optim={"lr": 1e-3, "betas": [0.5, 0.999]}))
     before, after = sample_distance(untrained, held_out), sample_distance(trained, held_out)
     assert after <= 0.5 * before, f"sample distance {before:.3f} -> {after:.3f}"  # seen: 0.19-0.27
@@ -187,6 +190,58 @@ def test_critic_has_no_batch_norm_under_a_gradient_penalty() -> None:
     assert any(isinstance(m, torch.nn.GroupNorm) for m in gp.disc.modules())
 
 
+def _uniform(seed: int) -> Callable[..., torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return lambda n, *shape: torch.rand(n, *shape, generator=gen)
+
+
+def test_translation_moves_each_image_by_at_most_an_eighth_of_its_side() -> None:
+    x = torch.full((200, 1, 28, 28), -1.0)
+    x[:, 0, 14, 14] = 1.0  # one lit pixel per image
+    shifted = translation(x, _uniform(0))
+    lit = (shifted[:, 0] > 0).nonzero()
+    assert torch.equal(lit[:, 0], torch.arange(200)), "every image keeps its one pixel"
+    offsets = lit[:, 1:] - 14
+    assert int(offsets.abs().max()) == 4  # int(28 / 8 + 0.5), reached within 200 draws
+    assert len({tuple(o) for o in offsets.tolist()}) > 40, "shifts vary per image"
+    assert bool((shifted[shifted <= 0] == -1.0).all()), "the rest stays background"
+
+
+def test_cutout_blanks_one_square_of_half_the_side() -> None:
+    holes = cutout(torch.ones(200, 1, 28, 28), _uniform(1)) < 0
+    sizes = holes.sum((1, 2, 3))
+    assert int(sizes.max()) == 14 * 14
+    assert int(sizes.min()) > 0  # clipped where the square leaves the image
+    rows, cols = holes[:, 0].any(2), holes[:, 0].any(1)
+    assert bool((holes[:, 0] == (rows[:, :, None] & cols[:, None, :])).all()), "the hole is a rectangle"
+
+
+def test_diff_augment_is_differentiable_and_fixed_by_its_noise() -> None:
+    x = torch.rand(8, 1, 28, 28, requires_grad=True)
+    policy = ("translation", "cutout")
+    out = diff_augment(x * 2 - 1, policy, _uniform(2))
+    assert torch.equal(out, diff_augment(x.detach() * 2 - 1, policy, _uniform(2)))
+    out.sum().backward()
+    assert x.grad is not None
+    assert 0 < float(x.grad.abs().sum()) < x.numel() * 2  # blanked pixels pass no gradient
+
+
+def test_the_discriminator_sees_augmented_images_in_both_phases() -> None:
+    seen: list[torch.Tensor] = []
+    gan = GAN(GANConfig(hidden=16, augment=("cutout",)), engine.DataSpec((1, 8, 8)))
+    gan.disc.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach()))
+    batch = (torch.ones(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))  # all-white images
+    gan.training_step(batch, "disc")
+    gan.training_step(batch, "gen")
+    real, fake, gen_fake = seen
+    assert bool((real == -1).any()), "real images arrive with a blanked square"
+    assert bool((real == 1).any())
+    for x in (fake, gen_fake):
+        assert bool((x == -1).flatten(1).any(1).all()), "generated ones too (tanh never reaches -1 itself)"
+    gan.validation_step(batch)
+    assert bool((seen[-2] == 1).all()), "validation shows the discriminator the images as they are"
+
+
 def test_phases_and_optimizers() -> None:
     gan = GAN(GANConfig(n_critic=5), engine.DataSpec((1, 8, 8)))
     assert [(p.name, p.optimizer_name, p.repeats, p.new_batch) for p in gan.phases()] == [
@@ -250,6 +305,12 @@ def test_conditional_needs_labelled_data() -> None:
     with pytest.raises(engine.ConfigError, match=r"model\.conditional = True: needs labelled data"):
         GANConfig(conditional=True).check(engine.DataSpec((1, 28, 28), num_classes=None))
     GANConfig(conditional=True).check(engine.DataSpec((1, 28, 28), num_classes=10))
+
+
+def test_an_unknown_augmentation_names_the_field_and_the_choices(tmp_path: Path) -> None:
+    with pytest.raises(engine.ConfigError) as err:
+        engine.fit(config(tmp_path, {"augment": ["translation", "flip"]}, epochs=1, optim=GAN_OPTIM))
+    assert str(err.value) == "invalid config: model.augment.1 = 'flip': must be 'translation' or 'cutout'"
 
 
 def test_batch_norm_critic_with_a_penalty_is_refused() -> None:
