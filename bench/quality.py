@@ -56,6 +56,10 @@ AE-GAN        ``recipes/aegan_mnist.py`` (conv nets, VAE encoder, image
               recipe with ``adv_weight=0``: decoded N(0, I) samples' Fréchet
               distance ≤ 0.80 × the adversary-free one's, held-out squared error
               within 10% of it. The adversary's logged gradient share is shown.
+              When the adversary-free samples fail the agreement check, the
+              bar is withheld; two rows then give the same distances without
+              the check, in the feature classifier's and in the check
+              classifier's own features (information, not a bar).
 ============  ==============================================================
 
 Every classifier figure goes through the agreement check of
