@@ -527,7 +527,7 @@ class Row:
         if not values:
             return self.missing or "-"
         if any(math.isnan(v) for v in values):
-            return "withheld (classifiers disagree)"
+            return "not met (withheld: the classifiers disagree)"  # an untrusted figure meets no bar
         mean = statistics.fmean(values)
         if self.check(mean):
             return "met"
