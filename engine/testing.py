@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import gc
 import io
 import os
 import pickle
@@ -340,16 +341,23 @@ def _ddp_worker(rank: int, world: int, job: str) -> None:  # pragma: no cover - 
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     dist.init_process_group("gloo", init_method=payload["init"], rank=rank, world_size=world)
     try:
-        extra = _as_objects(payload["plugins"])
-        with plugin_manager(*extra, autoload=True):
-            n = payload["b"] * world
-            model, batch, _ = build(payload["model"], payload["overrides"], payload["data"], n=n, world_size=world)
-            result = _phase_results((model, batch), rank=rank, world=world)
-        if rank == 0:
-            torch.save(result, payload["out"])
+        _ddp_job(payload, rank, world)
+        # The DDP wrappers (and their reducers' gloo work) are gone before the group is:
+        # destroying it under a live reducer can abort the process at exit.
+        gc.collect()
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _ddp_job(payload: dict[str, Any], rank: int, world: int) -> None:  # pragma: no cover - in a child process
+    extra = _as_objects(payload["plugins"])
+    with plugin_manager(*extra, autoload=True):
+        n = payload["b"] * world
+        model, batch, _ = build(payload["model"], payload["overrides"], payload["data"], n=n, world_size=world)
+        result = _phase_results((model, batch), rank=rank, world=world)
+    if rank == 0:
+        torch.save(result, payload["out"])
 
 
 def compare_ddp(
