@@ -68,6 +68,15 @@ class GANConfig(engine.ModelConfig):
     discriminator sees, real and generated, in both phases (``[translation, cutout]``: shifts of
     up to 1/8 of the side, and a square of half the side blanked); keeps a discriminator
     trained on a few thousand images from memorising them. Empty: off."""
+    codes: engine.NonNegativeInt = 0
+    """InfoGAN (Chen et al. 2016) without labels: the first ``codes`` coordinates of ``z`` choose a
+    category ``c = argmax z[:codes]`` (uniform over the ``codes`` categories), fed to the generator
+    as a one-hot, and a head on the discriminator's features learns to read ``c`` back from the
+    generated image (``info_weight`` · cross-entropy, in both phases). A discrete code gives the
+    generator a place to switch between the data's modes (MNIST's digits), where a Gaussian ``z``
+    alone blends them at the boundaries. 0: off; else 2..latent_dim."""
+    info_weight: engine.NonNegativeFloat = 1.0
+    """Weight of the code-recovery (mutual information) term; ``codes > 0`` only."""
     conditional: bool = False
     """Feed class labels to both networks (one-hot into the generator, a projection
     discriminator); needs labelled data."""
@@ -92,6 +101,13 @@ class GANConfig(engine.ModelConfig):
                 "dcgan",
                 f"dcgan takes square images of side 4·2^k or 7·2^k up to {DCGAN_MAX_SIDE} "
                 f"(e.g. 28, 32, 64), but {data.name or 'the data'} is {c}×{h}×{w}; use arch=mlp",
+            )
+        if self.codes == 1 or self.codes > self.latent_dim:
+            raise self.fail(
+                "codes",
+                self.codes,
+                f"must be 0 (off) or 2..latent_dim ({self.latent_dim}): the code is the argmax of the first "
+                "`codes` coordinates of z",
             )
         if self.conditional and not data.num_classes:
             raise self.fail(

@@ -1,4 +1,4 @@
-"""GAN: MLP or DCGAN generator and discriminator, any adversarial loss, optional penalty and labels.
+"""GAN: MLP or DCGAN generator and discriminator, any adversarial loss, optional penalty, labels, codes.
 
 Pixel conventions: data images are in ``[0, 1]``; both networks work in
 ``[-1, 1]`` (the discriminator sees ``2x - 1``, the generator ends in ``tanh``),
@@ -35,11 +35,12 @@ class Generator(nn.Module):
         super().__init__()
         self.shape = data.shape
         self.num_classes = data.num_classes if config.conditional else None
+        self.codes = config.codes
         # Labels enter as a fixed one-hot code. A learned label embedding as wide
         # as z let the generator encode each class as one prototype and ignore z
         # (every sample of a class the same image); a one-hot keeps z in charge of
         # the variation within a class.
-        d_in = config.latent_dim + (self.num_classes or 0)
+        d_in = config.latent_dim + config.codes + (self.num_classes or 0)
         c, h, _ = data.shape
         if config.arch == "mlp":
             layers, d = mlp_layers(d_in, layer_widths(config.hidden, config.depth), nn.ReLU)
@@ -68,11 +69,20 @@ class Generator(nn.Module):
             _dcgan_init(self)
 
     def forward(self, z: Tensor, labels: Tensor | None = None) -> Tensor:
+        parts = [z]
+        if self.codes:
+            parts.append(nn.functional.one_hot(latent_code(z, self.codes), self.codes).to(z.dtype))
         if self.num_classes is not None:
             if labels is None:
                 raise ValueError("a conditional generator needs labels")
-            z = torch.cat([z, nn.functional.one_hot(labels, self.num_classes).to(z.dtype)], dim=1)
-        return torch.tanh(self.net(z)).view(-1, *self.shape)
+            parts.append(nn.functional.one_hot(labels, self.num_classes).to(z.dtype))
+        h = torch.cat(parts, dim=1) if len(parts) > 1 else z
+        return torch.tanh(self.net(h)).view(-1, *self.shape)
+
+
+def latent_code(z: Tensor, codes: int) -> Tensor:
+    """The categorical code ``argmax z[:, :codes]`` of each latent (uniform over ``codes`` for ``z ~ N(0, I)``)."""
+    return z[:, :codes].argmax(1)
 
 
 class Discriminator(nn.Module):
@@ -105,6 +115,8 @@ class Discriminator(nn.Module):
             features = ch * s0 * s0
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(features, 1)
+        # InfoGAN's Q: reads the generator's categorical code back from the shared features.
+        self.code_head = nn.Linear(features, config.codes) if config.codes else None
         num_classes = data.num_classes if config.conditional else None
         self.embed = nn.Embedding(num_classes, features) if num_classes else None
         if config.arch == "dcgan":
@@ -112,13 +124,18 @@ class Discriminator(nn.Module):
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, std=features**-0.5)
 
-    def forward(self, x: Tensor, labels: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, labels: Tensor | None = None, codes: bool = False) -> Any:
+        """The scores; with ``codes``, ``(scores, code logits)`` from one pass (one DDP forward)."""
         h = self.body(x)
         out = self.head(h).squeeze(1)
         if self.embed is not None:
             if labels is None:
                 raise ValueError("a conditional discriminator needs labels")
             out = out + (self.embed(labels) * h).sum(1)
+        if codes:
+            if self.code_head is None:
+                raise ValueError("this discriminator has no code head (model.codes is 0)")
+            return out, self.code_head(h)
         return out
 
 
@@ -191,10 +208,13 @@ class GAN(engine.Model):
                 fake = self.gen(z, labels)
             real, fake = self._seen(real), self._seen(fake)
             d_real = self.disc(real, labels)
-            d_fake = self.disc(fake, labels)
+            d_fake, info = self._scores_and_info(fake, labels, z)
             d_loss = self.adversarial.d_loss(d_real, d_fake)
             out = {"d_loss": d_loss, "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
             loss = d_loss
+            if info is not None:
+                loss = loss + self.config.info_weight * info
+                out["info_loss"] = info.detach()
             if self.penalty is not None:
                 # enable_grad: penalties differentiate the critic, even when a
                 # caller evaluates the losses under no_grad.
@@ -207,9 +227,21 @@ class GAN(engine.Model):
                 out["penalty"] = pen.detach()
             return {"loss": loss, **out}
         if phase == "gen":
-            g_loss = self.adversarial.g_loss(self.disc(self._seen(self.gen(z, labels)), labels))
-            return {"loss": g_loss, "g_loss": g_loss.detach()}
+            d_fake, info = self._scores_and_info(self._seen(self.gen(z, labels)), labels, z)
+            g_loss = self.adversarial.g_loss(d_fake)
+            if info is None:
+                return {"loss": g_loss, "g_loss": g_loss.detach()}
+            loss = g_loss + self.config.info_weight * info
+            return {"loss": loss, "g_loss": g_loss.detach(), "info_loss": info.detach()}
         raise ValueError(f"unknown phase {phase!r}; the GAN has phases 'disc' and 'gen'")
+
+    def _scores_and_info(self, fake: Tensor, labels: Tensor | None, z: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The discriminator's scores of ``fake`` and, with ``codes``, the cross-entropy of reading
+        back the code of ``z`` it was generated from (None without codes)."""
+        if not self.config.codes:
+            return self.disc(fake, labels), None
+        scores, logits = self.disc(fake, labels, codes=True)
+        return scores, nn.functional.cross_entropy(logits, latent_code(z, self.config.codes))
 
     def _critic(self, labels: Tensor | None) -> Callable[[Tensor], Tensor]:
         return lambda t: self.disc(t, labels)
@@ -218,19 +250,23 @@ class GAN(engine.Model):
         """Discriminator outputs and both losses on held-out images and fresh noise.
 
         ``d_real`` / ``d_fake`` are mean raw discriminator outputs (logits for
-        the GAN losses, critic values for ``wasserstein``).
+        the GAN losses, critic values for ``wasserstein``); with ``codes``,
+        ``info_loss`` is the cross-entropy of reading the code back (ln codes: not at all).
         """
         x, y = batch
         labels = self._labels(y)
         z = self.batch_randn(x.shape[0], self.config.latent_dim)
         d_real = self.disc(_to_signed(x), labels)
-        d_fake = self.disc(self.gen(z, labels), labels)
-        return {
+        d_fake, info = self._scores_and_info(self.gen(z, labels), labels, z)
+        out = {
             "d_real": d_real.mean(),
             "d_fake": d_fake.mean(),
             "d_loss": self.adversarial.d_loss(d_real, d_fake),
             "g_loss": self.adversarial.g_loss(d_fake),
         }
+        if info is not None:
+            out["info_loss"] = info
+        return out
 
     # -- generation ---------------------------------------------------------
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -20,9 +20,11 @@ import torch.nn.functional as F
 
 import engine
 from engine.metrics import FeatureClassifier, class_accuracy, frechet_distance
+from engine.testing import ModelContract
 from plugins.datasets.io import make_shapes
 from plugins.gan import GAN, GANConfig
 from plugins.gan.augment import cutout, diff_augment, translation
+from plugins.gan.model import latent_code
 
 MNIST_ROOT = Path("/work/shared/data/mnist")
 SHAPES = {"name": "shapes", "n": 2000, "size": 32}
@@ -242,6 +244,34 @@ def test_the_discriminator_sees_augmented_images_in_both_phases() -> None:
     assert bool((seen[-2] == 1).all()), "validation shows the discriminator the images as they are"
 
 
+def test_the_latent_code_is_uniform_and_chosen_by_z_alone() -> None:
+    z = torch.randn(20_000, 16, generator=torch.Generator().manual_seed(0))
+    share = torch.bincount(latent_code(z, 10), minlength=10).double() / len(z)
+    assert float((share - 0.1).abs().max()) < 0.01  # binomial sd 0.002
+    gan = GAN(GANConfig(hidden=16, latent_dim=4, codes=3), engine.DataSpec((1, 8, 8))).eval()
+    z = torch.zeros(2, 4)
+    z[0, 0], z[1, 1] = 1.0, 1.0  # the same latent but for which of the first 3 coordinates is largest
+    a, b = gan.sample(2, z=z)
+    assert not torch.equal(a, b), "the generator sees the code"
+    assert torch.equal(gan.sample(2, z=z), torch.stack([a, b])), "and nothing random besides z"
+
+
+class TestInfoGANContract(ModelContract):
+    """The model contract (finite losses, every phase learns, DDP on 2 ranks = 1 process) with a code head."""
+
+    model = "gan"
+    overrides: ClassVar[dict[str, Any]] = {"codes": 3, "hidden": 16}
+
+
+def test_the_discriminator_learns_to_read_the_code_back(tmp_path: Path, held_out: torch.Tensor) -> None:
+    untrained, trained, result = fit(config(tmp_path, {"codes": 3, "latent_dim": 16}, epochs=5, optim=GAN_OPTIM))
+    # ln 3 = 1.10 is the cross-entropy of a head that cannot tell the codes apart.
+    assert result.metrics["val/info_loss"] < 0.2, result.metrics["val/info_loss"]
+    assert result.metrics["train/gen/info_loss"] < 0.2
+    before, after = sample_distance(untrained, held_out), sample_distance(trained, held_out)
+    assert after <= 0.5 * before, f"sample distance {before:.3f} -> {after:.3f}"
+
+
 def test_phases_and_optimizers() -> None:
     gan = GAN(GANConfig(n_critic=5), engine.DataSpec((1, 8, 8)))
     assert [(p.name, p.optimizer_name, p.repeats, p.new_batch) for p in gan.phases()] == [
@@ -311,6 +341,15 @@ def test_an_unknown_augmentation_names_the_field_and_the_choices(tmp_path: Path)
     with pytest.raises(engine.ConfigError) as err:
         engine.fit(config(tmp_path, {"augment": ["translation", "flip"]}, epochs=1, optim=GAN_OPTIM))
     assert str(err.value) == "invalid config: model.augment.1 = 'flip': must be 'translation' or 'cutout'"
+
+
+@pytest.mark.parametrize("codes", [1, 65])
+def test_a_code_needs_two_categories_and_fits_in_z(tmp_path: Path, codes: int) -> None:
+    with pytest.raises(engine.ConfigError) as err:
+        engine.fit(config(tmp_path, {"codes": codes}, epochs=1, optim=GAN_OPTIM))
+    assert str(err.value).startswith(
+        f"invalid config: model.codes = {codes}: must be 0 (off) or 2..latent_dim (64): the code is the argmax"
+    )
 
 
 def test_batch_norm_critic_with_a_penalty_is_refused() -> None:
