@@ -134,6 +134,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,6 +187,8 @@ class Settings:
     gan_betas: tuple[float, float] = (0.5, 0.999)
     #: ``model.channels`` of the recipes' conv nets; None keeps each recipe's own.
     channels: int | None = None
+    #: ``--model-set``: model fields laid over every recipe's (a variant measured on the same bars).
+    model_set: tuple[tuple[str, Any], ...] = ()
 
 
 # DCGAN 20 epochs (the EMA bar's budget); the cGAN and AE-GAN recipes' own epochs (20 and 10),
@@ -785,8 +788,8 @@ def part_gan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
 
 
 def recipe_fields(s: Settings, config: dict[str, Any]) -> dict[str, Any]:
-    """A recipe's model section, with ``--smoke``'s small conv nets."""
-    return {**config["model"], **({"channels": s.channels} if s.channels else {})}
+    """A recipe's model section, with ``--smoke``'s small conv nets and ``--model-set``'s fields."""
+    return {**config["model"], **({"channels": s.channels} if s.channels else {}), **dict(s.model_set)}
 
 
 def smallest_share(ctx: Context, images: Tensor) -> float:
@@ -1014,8 +1017,21 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--parts", default="vae,ae,gan,dcgan,cgan,aegan", help="comma-separated subset of vae,ae,gan,dcgan,cgan,aegan"
     )
+    p.add_argument(
+        "--model-set",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a model field (YAML value) laid over the recipes' (dcgan, cgan, aegan), e.g. codes=10 or\n"
+        "augment=[translation,cutout]: a variant on the same bars; repeatable",
+    )
     args = p.parse_args(argv)
     s = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.model_set:
+        pairs = [item.partition("=") for item in args.model_set]
+        if bad := [k for k, eq, _ in pairs if not eq or not k]:
+            p.error(f"--model-set takes FIELD=VALUE, got {bad[0]!r}")
+        s = dataclasses.replace(s, model_set=tuple((k, yaml.safe_load(v)) for k, _, v in pairs))
     if args.seeds is not None:
         s = dataclasses.replace(s, seeds=tuple(range(args.seeds)))
     parts = set(args.parts.split(","))
@@ -1029,7 +1045,8 @@ def main(argv: list[str] | None = None) -> None:
         f"MLP GAN {s.gan_epochs} epochs, batch {s.gan_batch}, Adam {s.gan_lr:g} betas {s.gan_betas}; "
         f"recipes (their model, optim and batch): gan_mnist (DCGAN, EMA {EMA_DECAY}) {s.dcgan_epochs} epochs, "
         f"cgan_mnist {s.cgan_epochs}, aegan_mnist {s.aegan_epochs}"
-        + (f"; conv channels {s.channels}" if s.channels else ""),
+        + (f"; conv channels {s.channels}" if s.channels else "")
+        + "".join(f"; model.{k}={v}" for k, v in s.model_set),
         flush=True,
     )
     clock = Clock()
