@@ -891,6 +891,9 @@ def part_cgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
     )
     feature_spread = Row("cGAN within-class classifier-feature spread; reference = real held-out")
     fd = Row("cGAN samples Frechet (n=1000)")
+    # The unconditional DCGAN's nets with the digit as a one-hot: what they can draw when
+    # they need not choose the digit themselves.
+    score = Row("cGAN classifier score (n=1000); reference = real held-out")
     labels = torch.arange(N_SAMPLES) % 10
     assert ctx.clf is not None
     real_pixels = pixel_spread(to_float(ctx.held.images), ctx.held.labels)
@@ -911,10 +914,13 @@ def part_cgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
         feature_spread.reference.append(real_features)
         fd.engine.append(r["frechet"])
         fd.floor.append(r["real_frechet"])
+        score.engine.append(r["classifier_score"])
+        score.reference.append(r["real_classifier_score"])
         clock.add("cGAN", "evaluation", time.perf_counter() - t0)
         print(
             f"  cGAN seed {seed}: label accuracy {acc.engine[-1]:.3f}, within-class pixel spread "
-            f"{spread.engine[-1]:.3f} (real {real_pixels:.3f}), Frechet {fd.engine[-1]:.2f}",
+            f"{spread.engine[-1]:.3f} (real {real_pixels:.3f}), Frechet {fd.engine[-1]:.2f}, classifier score "
+            f"{score.engine[-1]:.2f} (real {score.reference[-1]:.2f})",
             flush=True,
         )
         if seed == s.seeds[0]:
@@ -923,7 +929,7 @@ def part_cgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
             with torch.no_grad():
                 grid = model.sample(100, labels=grid_labels, z=zz)
             save_panels(ctx.out / "cgan_samples.png", [("cGAN recipe (row r = digit r)", grid, 10)])
-    return [acc, spread, feature_spread, fd]
+    return [acc, spread, feature_spread, fd, score]
 
 
 def part_aegan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
