@@ -175,9 +175,19 @@ def adopt_checkpoint(run_dir: Path) -> str | None:
         old.unlink(missing_ok=True)
     name = source.name.split("-", 1)[1] if source.parent.name == Path(PINS).name else source.name  # step=N.pt
     _link(source, directory / name)
-    with (run_dir / "exploits.log").open("a") as f:
-        f.write(f"{time.time():.3f} cloned {pointer.get('trial_id')} {name}\n")
+    _append_line(run_dir / "exploits.log", f"{time.time():.3f} cloned {pointer.get('trial_id')} {name}")
     return str(pointer.get("trial_id"))
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append ``line``; a line a killed trial left without its newline is ended first, not merged into."""
+    torn = False
+    if path.is_file() and path.stat().st_size:
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            torn = f.read(1) != b"\n"
+    with path.open("ab") as f:
+        f.write((b"\n" if torn else b"") + line.encode() + b"\n")
 
 
 # ---------------------------------------------------------------------------
@@ -211,8 +221,10 @@ class Reporter:
         else:
             return  # an epoch without validation before the first one with it
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        with (self.run_dir / HISTORY).open("a") as f:
-            f.write(json.dumps({"epoch": values.get("epoch"), metric: values[metric], "time": time.time()}) + "\n")
+        _append_line(
+            self.run_dir / HISTORY,
+            json.dumps({"epoch": values.get("epoch"), metric: values[metric], "time": time.time()}),
+        )
         if pinned is None:
             ray_tune.report(values, checkpoint=None)
             return

@@ -10,6 +10,7 @@ The memory and kill tests run ``engine.fit`` in processes of their own (``stream
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -119,13 +120,21 @@ def fit_in_a_process(config: dict[str, Any], losses: Path, **popen: Any) -> subp
 
 
 def finished(process: subprocess.Popen[str], timeout: float = 600) -> dict[str, Any]:
-    out, err = process.communicate(timeout=timeout)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # no process outlives the test
+        process.communicate()
+        raise
     assert process.returncode == 0, err[-3000:]
     return json.loads(out.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
 def read_losses(path: Path) -> dict[int, dict[str, float]]:
-    return {int(step): losses for step, losses in map(json.loads, path.read_text().splitlines())}
+    """The steps whose line is complete: the file may be read while it is written, or after a SIGKILL."""
+    text = path.read_text()
+    whole = text[: text.rfind("\n") + 1]  # a line without its newline is still being written
+    return {int(step): losses for step, losses in map(json.loads, whole.splitlines())}
 
 
 #: Held out at every size, so validation (and its loader workers) is the same at both.
@@ -215,9 +224,12 @@ def test_a_run_killed_mid_epoch_resumes_with_the_losses_of_the_uninterrupted_run
     assert (state["epoch"], state["step"], state["batch_in_epoch"]) == (0, 20, 20)  # mid-epoch
 
     doomed = fit_in_a_process(config, tmp / "killed.jsonl", start_new_session=True)
-    wait_for_step(tmp / "killed.jsonl", 40, doomed)
-    os.killpg(doomed.pid, signal.SIGKILL)  # the training process and its loader workers
-    doomed.communicate()  # reaped, its pipes closed
+    try:
+        wait_for_step(tmp / "killed.jsonl", 40, doomed)
+    finally:  # killed however the wait ends, so no process outlives the test
+        with contextlib.suppress(ProcessLookupError):  # already gone if the wait saw it end
+            os.killpg(doomed.pid, signal.SIGKILL)  # the training process and its loader workers
+        doomed.communicate()  # reaped, its pipes closed
     assert doomed.returncode == -signal.SIGKILL
     killed = read_losses(tmp / "killed.jsonl")
     assert min(killed) == 20  # resumed at the checkpoint

@@ -479,3 +479,14 @@ def test_pbt_never_perturbs_a_trial_at_its_last_epoch() -> None:
     assert pbt.on_trial_result(None, None, {"epoch": 8, "val/loss": 1.0}) == TrialScheduler.CONTINUE
     with pytest.raises(KeyError):  # before the last epoch, Tune's PBT takes over and looks the trial up
         pbt.on_trial_result(None, "a trial PBT has not seen", {"epoch": 6, "val/loss": 1.0})
+
+
+def test_a_trial_log_line_left_torn_by_a_kill_is_ended_not_merged_into(tmp_path: Path) -> None:
+    from engine.ray.trial import _append_line
+
+    path = tmp_path / "tune-history.jsonl"
+    _append_line(path, '{"epoch": 0}')
+    with path.open("a") as f:
+        f.write('{"epoch": 1, "val/lo')  # what a trial SIGKILLed mid-write leaves
+    _append_line(path, '{"epoch": 1}')
+    assert path.read_text().splitlines() == ['{"epoch": 0}', '{"epoch": 1, "val/lo', '{"epoch": 1}']
