@@ -51,6 +51,12 @@ class GANConfig(engine.ModelConfig):
     channels: engine.PositiveInt = 64
     """``dcgan``: channels of the discriminator's first layer (and the generator's last hidden one),
     doubled at each resolution halving."""
+    refine: engine.NonNegativeInt = 0
+    """``dcgan``: 3×3 stride-1 conv layers (with batch norm and ReLU) the generator adds at each of its
+    resolutions (7×7 and 14×14 for MNIST), after the layer that reaches it. 0: the plain DCGAN."""
+    disc_refine: engine.NonNegativeInt = 0
+    """``dcgan``: 3×3 stride-1 conv layers the discriminator adds at each of its resolutions (14×14
+    and 7×7 for MNIST), after the layer that reaches it. 0: the plain DCGAN."""
     disc_norm: Literal["auto", "batch", "layer", "none"] = "auto"
     """Normalisation in the discriminator. ``auto``: batch norm for ``dcgan`` without a penalty,
     layer norm for ``dcgan`` with one (a per-sample gradient penalty is wrong under batch norm),
@@ -102,6 +108,9 @@ class GANConfig(engine.ModelConfig):
                 f"dcgan takes square images of side 4·2^k or 7·2^k up to {DCGAN_MAX_SIDE} "
                 f"(e.g. 28, 32, 64), but {data.name or 'the data'} is {c}×{h}×{w}; use arch=mlp",
             )
+        for field in ("refine", "disc_refine"):
+            if self.arch == "mlp" and getattr(self, field):
+                raise self.fail(field, getattr(self, field), "adds conv layers, so it needs arch=dcgan (0 for mlp)")
         if self.codes == 1 or self.codes > self.latent_dim:
             raise self.fail(
                 "codes",

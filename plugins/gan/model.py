@@ -56,12 +56,14 @@ class Generator(nn.Module):
                 nn.Unflatten(1, (ch, s0, s0)),
                 nn.BatchNorm2d(ch),
                 nn.ReLU(),
+                *_refine(ch, config.refine),
             ]
             for _ in range(k - 1):
                 blocks += [
                     nn.ConvTranspose2d(ch, ch // 2, 4, 2, 1, bias=False),
                     nn.BatchNorm2d(ch // 2),
                     nn.ReLU(),
+                    *_refine(ch // 2, config.refine),
                 ]
                 ch //= 2
             blocks.append(nn.ConvTranspose2d(ch, c, 4, 2, 1))
@@ -78,6 +80,14 @@ class Generator(nn.Module):
             parts.append(nn.functional.one_hot(labels, self.num_classes).to(z.dtype))
         h = torch.cat(parts, dim=1) if len(parts) > 1 else z
         return torch.tanh(self.net(h)).view(-1, *self.shape)
+
+
+def _refine(ch: int, n: int) -> list[nn.Module]:
+    """``n`` 3×3 stride-1 conv layers at one resolution of the generator (``refine``)."""
+    layers: list[nn.Module] = []
+    for _ in range(n):
+        layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=False), nn.BatchNorm2d(ch), nn.ReLU()]
+    return layers
 
 
 def latent_code(z: Tensor, codes: int) -> Tensor:
@@ -108,9 +118,11 @@ class Discriminator(nn.Module):
             ch = config.channels
             # No normalisation on the first layer (DCGAN).
             layers += [nn.Conv2d(c, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+            layers += _disc_refine(ch, config.disc_refine, norm)
             for _ in range(k - 1):
                 layers += [nn.Conv2d(ch, ch * 2, 4, 2, 1, bias=False), _norm2d(norm, ch * 2), nn.LeakyReLU(0.2)]
                 ch *= 2
+                layers += _disc_refine(ch, config.disc_refine, norm)
             layers.append(nn.Flatten())
             features = ch * s0 * s0
         self.body = nn.Sequential(*layers)
@@ -137,6 +149,14 @@ class Discriminator(nn.Module):
                 raise ValueError("this discriminator has no code head (model.codes is 0)")
             return out, self.code_head(h)
         return out
+
+
+def _disc_refine(ch: int, n: int, norm: str) -> list[nn.Module]:
+    """``n`` 3×3 stride-1 conv layers at one resolution of the discriminator (``disc_refine``)."""
+    layers: list[nn.Module] = []
+    for _ in range(n):
+        layers += [nn.Conv2d(ch, ch, 3, 1, 1, bias=False), _norm2d(norm, ch), nn.LeakyReLU(0.2)]
+    return layers
 
 
 def _norm1d(kind: str, n: int) -> nn.Module:

@@ -178,6 +178,39 @@ def test_dcgan_sizes_itself_from_the_data(shape: tuple[int, int, int], classes: 
         assert gan.disc(images * 2 - 1, labels).shape == (3,)
 
 
+@pytest.mark.parametrize("refine", [0, 1, 2])
+def test_refine_adds_stride_1_convolutions_at_each_generator_resolution(refine: int) -> None:
+    spec = engine.DataSpec((1, 28, 28))
+    gan = GAN(GANConfig(arch="dcgan", channels=4, latent_dim=8, refine=refine), spec)
+    sides = []
+    x = torch.randn(2, 8)
+    for m in gan.gen.net:
+        x = m(x)
+        if isinstance(m, torch.nn.Conv2d):
+            assert m.stride == (1, 1)
+            assert x.shape[1] == m.in_channels
+            sides.append(x.shape[-1])
+    assert sides == [7] * refine + [14] * refine  # after the 7×7 start, and after the upsampling to 14×14
+    assert gan.sample(2).shape == (2, 1, 28, 28)
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.stride == (1, 1) for m in gan.disc.modules())
+
+
+@pytest.mark.parametrize("disc_refine", [0, 1, 2])
+def test_disc_refine_adds_stride_1_convolutions_at_each_discriminator_resolution(disc_refine: int) -> None:
+    spec = engine.DataSpec((1, 28, 28))
+    gan = GAN(GANConfig(arch="dcgan", channels=4, latent_dim=8, disc_refine=disc_refine), spec)
+    sides = []
+    x = torch.rand(2, 1, 28, 28) * 2 - 1
+    for m in gan.disc.body:
+        x = m(x)
+        if isinstance(m, torch.nn.Conv2d) and m.stride == (1, 1):
+            assert x.shape[1] == m.in_channels
+            sides.append(x.shape[-1])
+    assert sides == [14] * disc_refine + [7] * disc_refine
+    assert gan.disc(x.new_zeros(2, 1, 28, 28)).shape == (2,)
+    assert not any(isinstance(m, torch.nn.Conv2d) and m.stride == (1, 1) for m in gan.gen.modules())
+
+
 def test_mlp_takes_any_shape() -> None:
     gan = GAN(GANConfig(hidden=16), engine.DataSpec((3, 20, 12)))
     assert gan.sample(2).shape == (2, 3, 20, 12)
@@ -357,3 +390,10 @@ def test_batch_norm_critic_with_a_penalty_is_refused() -> None:
         GANConfig(disc_norm="batch", penalty="r1").check(engine.DataSpec((1, 32, 32)))
     with pytest.raises(engine.ConfigError, match=r"model\.penalty_weight"):
         GANConfig(penalty_weight=5.0).check(engine.DataSpec((1, 32, 32)))
+
+
+@pytest.mark.parametrize("field", ["refine", "disc_refine"])
+def test_conv_refinement_is_refused_for_the_mlp(tmp_path: Path, field: str) -> None:
+    with pytest.raises(engine.ConfigError) as err:
+        engine.fit(config(tmp_path, {"arch": "mlp", field: 1}, epochs=1, optim=GAN_OPTIM))
+    assert str(err.value) == f"invalid config: model.{field} = 1: adds conv layers, so it needs arch=dcgan (0 for mlp)"
