@@ -1016,6 +1016,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="fewer epochs and seeds (a ~3 minute smoke run)")
     p.add_argument("--smoke", action="store_true", help="1 epoch of everything, 3 seeds: checks the bench runs")
     p.add_argument("--seeds", type=int, default=None, help="number of seeds, 0..N-1 (default 3, --quick 2)")
+    p.add_argument(
+        "--seed-list",
+        default=None,
+        metavar="S,S,...",
+        help="these seeds instead of 0..N-1 (one bench's seeds split over processes that run side by side)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads on both sides (default 1)")
     p.add_argument("--mnist", type=Path, default=MNIST_ROOT, help="directory with the MNIST test files")
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where the PNG grids go")
@@ -1040,6 +1046,11 @@ def main(argv: list[str] | None = None) -> None:
         s = dataclasses.replace(s, model_set=tuple((k, yaml.safe_load(v)) for k, _, v in pairs))
     if args.seeds is not None:
         s = dataclasses.replace(s, seeds=tuple(range(args.seeds)))
+    if args.seed_list is not None:
+        try:
+            s = dataclasses.replace(s, seeds=tuple(int(v) for v in args.seed_list.split(",")))
+        except ValueError:
+            p.error(f"--seed-list takes comma-separated integers, got {args.seed_list!r}")
     parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
     t_start = time.perf_counter()

@@ -1,7 +1,11 @@
 """DCGAN on MNIST with the non-saturating loss; WGAN-GP is one override away.
 
 The DCGAN is the recommended GAN for images (``model.arch=mlp`` with
-``model.hidden=[256,512]`` is the fully connected one). Every other epoch the
+``model.hidden=[256,512]`` is the fully connected one). Both of its networks
+get one 3×3 conv layer more at each resolution (``model.refine=1``,
+``model.disc_refine=1``; 0 and 0 is the plain DCGAN, at 1/2.6 of the compute
+per step): on ``bench/quality.py``'s MNIST split they cut the Fréchet distance
+of 20 epochs' samples to about a third (``bench/QUALITY.md``). Every other epoch the
 validation metrics get ``val/frechet``, ``val/kid``, ``val/classifier_score``
 and ``val/class_coverage`` (the ``sample_metrics`` plugin; NaN when its two
 classifiers disagree on the samples).
@@ -18,7 +22,7 @@ import sys
 from engine import recipes
 
 CONFIG = {
-    "model": {"name": "gan", "arch": "dcgan", "latent_dim": 64, "loss": "nonsaturating"},
+    "model": {"name": "gan", "arch": "dcgan", "latent_dim": 64, "refine": 1, "disc_refine": 1, "loss": "nonsaturating"},
     "data": {"name": "mnist", "root": "data", "download": True, "split": "train"},
     "optim": {"algo": "adam", "lr": 2e-4, "betas": [0.5, 0.999]},
     "trainer": {"epochs": 10, "batch_size": 64},
