@@ -3,7 +3,7 @@
 The DCGAN is the recommended GAN for images (``model.arch=mlp`` with
 ``model.hidden=[256,512]`` is the fully connected one). Both of its networks
 get one 3×3 conv layer more at each resolution (``model.refine=1``,
-``model.disc_refine=1``; 0 and 0 is the plain DCGAN, at 1/2.6 of the compute
+``model.disc_refine=1``; 0 and 0 is the plain DCGAN, at 1/2.7 of the compute
 per step): on ``bench/quality.py``'s MNIST split they cut the Fréchet distance
 of 20 epochs' samples to about a third (``bench/QUALITY.md``). Every other epoch the
 validation metrics get ``val/frechet``, ``val/kid``, ``val/classifier_score``
