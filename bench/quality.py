@@ -117,6 +117,7 @@ Run::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import importlib.util
@@ -1027,6 +1028,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=OUT_DIR, help="where the PNG grids go")
     p.add_argument("--cache-dir", type=Path, default=None, help="classifier cache (default engine.metrics')")
     p.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        help="keep the engine's run directories (checkpoints) here (default: a temporary directory)",
+    )
+    p.add_argument(
         "--parts", default="vae,ae,gan,dcgan,cgan,aegan", help="comma-separated subset of vae,ae,gan,dcgan,cgan,aegan"
     )
     p.add_argument(
@@ -1068,8 +1075,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     clock = Clock()
     rows: list[Row] = []
-    with tempfile.TemporaryDirectory(prefix="gentrain-quality-") as runs:
-        ctx = make_context(args.mnist, args.threads, Path(runs), args.out)
+    with contextlib.ExitStack() as stack:
+        runs = args.runs or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gentrain-quality-")))
+        ctx = make_context(args.mnist, args.threads, runs, args.out)
         print(f"data: MNIST test set, {len(ctx.train)} training / {len(ctx.held)} held-out images (engine split)")
         part_classifier(ctx, clock, args.cache_dir)
         for name, part in (
