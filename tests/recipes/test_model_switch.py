@@ -86,7 +86,8 @@ def test_smoke_fields_go_too_and_the_result_is_a_valid_config(
     assert code == 2  # the captured call
     # The recipe's fields (and its smoke's model.channels) are gone; the overrides apply after.
     assert seen["raw"]["model"] == {"name": "gan"}
-    assert "dropped gan's fields: arch, latent_dim, refine, disc_refine, loss, channels\n" in capsys.readouterr().err
+    dropped = "dropped gan's fields: arch, latent_dim, refine, disc_refine, codes, loss, channels\n"
+    assert dropped in capsys.readouterr().err
     resolved = cfg.resolve(cfg.build_raw(seen["raw"], seen["overrides"]), current())
     assert resolved.model.name == "vae"
     assert resolved.model.params.beta == 2
@@ -124,5 +125,8 @@ def test_gentrain_fit_on_a_recipe_switches_too(
     seen = capture(monkeypatch, engine.api, "fit")
     assert cli.main(["fit", str(ROOT / "recipes" / "gan_mnist.py"), "model.name=vae"]) == 2  # the captured call
     assert seen["raw"]["model"] == {"name": "gan"}
-    note = "gentrain: note: model.name=vae replaces gan; dropped gan's fields: arch, latent_dim, refine, disc_refine"
+    note = (
+        "gentrain: note: model.name=vae replaces gan; "
+        "dropped gan's fields: arch, latent_dim, refine, disc_refine, codes, loss"
+    )
     assert note in capsys.readouterr().err
