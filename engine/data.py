@@ -15,7 +15,8 @@ reading any item. :func:`choose_loader` picks the path (``data.loader``):
 ``memory`` (decoded once, then :class:`MemoryLoader`), ``dataloader``
 (:class:`DataLoaderAdapter`: items decoded in ``DataLoader`` worker processes)
 or ``ray_data`` (:class:`RayShardLoader`: each Ray Train worker streams its
-shard of a Ray Dataset). The map-style paths take the same positions of the
+shard of a Ray Dataset; validation reads its share of the held-out items
+through a ``DataLoader``, as on ``dataloader``). The map-style paths take the same positions of the
 same per-epoch permutation (:func:`epoch_order`), so a resumed run
 (``iter_from(batch_in_epoch)``) sees exactly the batches it would have seen.
 """
@@ -215,11 +216,17 @@ def make_loader(
     """The loader ``data.loader`` asks for (:func:`choose_loader`).
 
     :param shards: ``shards(name)``: this worker's shard of the launcher's Ray Dataset
-        ``"train"`` or ``"val"`` (:meth:`engine.WorkerEnv.dataset_shard`), for ``ray_data``.
+        ``"train"`` (:meth:`engine.WorkerEnv.dataset_shard`), for ``ray_data``.
+
+    On ``ray_data`` only training streams through Ray Data. Validation takes this
+    rank's share of the held-out items through a ``DataLoader``: one Ray Data
+    execution per validation costs seconds of start-up for a pass that is small and
+    unshuffled, and a shard dealt by timing would make ``val/`` figures differ
+    from run to run.
     """
     kind = choose_loader(dataset, data)
-    shard = shards("train" if train else "val") if shards is not None and kind == "ray_data" else None
-    if kind == "ray_data" and isinstance(dataset, StreamingData):
+    if kind == "ray_data" and train and isinstance(dataset, StreamingData):
+        shard = shards("train") if shards is not None else None
         if shard is None:
             raise ConfigError.one("data.loader", "ray_data", "needs Ray Train workers (scaling.num_workers >= 1)")
         return RayShardLoader(
@@ -229,9 +236,8 @@ def make_loader(
             shuffle=train,
             seed=seed,
             world_size=world_size,
-            drop_last=train,
+            drop_last=True,
             device=device,
-            split=train,
         )
     if kind != "memory" or isinstance(dataset, StreamingData):
         return DataLoaderAdapter(

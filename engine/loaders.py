@@ -491,12 +491,11 @@ class RayShardLoader:
         world_size: int,
         drop_last: bool,
         device: torch.device | None = None,
-        split: bool = True,
     ) -> None:
         self.shard, self.data, self.batch_size = shard, data, batch_size
         self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
         self.device = device or torch.device("cpu")
-        self.batches = batches_per_rank(len(data), batch_size, world_size if split else 1, drop_last)
+        self.batches = batches_per_rank(len(data), batch_size, world_size, drop_last)
         self.epoch = 0
         #: Indices of the dataset this worker was handed in the last epoch (tests check shards are disjoint).
         self.seen: list[int] = []

@@ -144,7 +144,7 @@ def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = (), 
     if datasets:
         from ray.train import DataConfig as RayDataConfig
 
-        # Each worker streams a disjoint shard of "train"; every worker validates on all of "val".
+        # Each worker streams a disjoint shard of "train"; validation reads files (engine.data.make_loader).
         data_args = dict(datasets=datasets, dataset_config=RayDataConfig(datasets_to_split=["train"]))
     return TorchTrainer(
         per_worker,
@@ -162,14 +162,11 @@ def make_trainer(run_config: RunConfig, callbacks: Iterable[UserCallback] = (), 
 
 
 def ray_datasets(run_config: RunConfig) -> dict[str, Any]:
-    """``data.loader=ray_data``: the run's train and validation splits as Ray Datasets (decoded on the cluster)."""
+    """``data.loader=ray_data``: the run's training split as a Ray Dataset (decoded on the cluster)."""
     if run_config.data.loader != "ray_data":
         return {}
-    train_set, val_set = split(load_dataset(run_config.data, current()), run_config.data)
-    out = {"train": train_set.ray_dataset()}
-    if len(val_set):
-        out["val"] = val_set.ray_dataset()
-    return out
+    train_set, _ = split(load_dataset(run_config.data, current()), run_config.data)
+    return {"train": train_set.ray_dataset()}
 
 
 def fit_trainer(trainer: TorchTrainer, run_config: RunConfig) -> dict[str, float]:

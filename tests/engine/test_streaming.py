@@ -320,6 +320,31 @@ def test_ray_data_gives_each_worker_a_disjoint_shard_and_resumes(
     assert sorted(epoch2[0] + epoch2[1]) == sorted(train)
 
 
+def test_on_ray_data_validation_reads_each_ranks_share_of_the_files(folder: Path, ray_workers_env: Any) -> None:
+    """``data.loader=ray_data`` streams only training through Ray Data: validation is a DataLoader over
+    this rank's share of the held-out files (disjoint across ranks, together the whole split)."""
+    from engine.config import resolve
+    from engine.data import DataLoaderAdapter, load_dataset, make_loader, split
+
+    raw = run_config(folder, folder, "val", data={"name": "indexed_folder", "loader": "ray_data", "loader_workers": 0})
+    data = resolve(raw, ray_workers_env).data
+    _, val = split(load_dataset(data, ray_workers_env), data)
+
+    def no_shard(name: str) -> Any:
+        raise AssertionError(f"validation asked for the Ray Dataset {name!r}")
+
+    seen = []
+    for rank in (0, 1):
+        loader = make_loader(
+            val, data, 16, train=False, seed=5, rank=rank, world_size=2, device=torch.device("cpu"), shards=no_shard
+        )
+        assert isinstance(loader, DataLoaderAdapter)
+        seen.append([int(i) for _, index in loader.iter_from(0) for i in index])
+    assert len(val) == 64
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == sorted(int(i) for i in val.indices)  # type: ignore[union-attr]
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_the_20000_image_folder_trains_on_ray_data_in_disjoint_shards_and_resumes(
@@ -328,8 +353,9 @@ def test_the_20000_image_folder_trains_on_ray_data_in_disjoint_shards_and_resume
     """The memory test's 20,000 PNGs through ``data.loader=ray_data`` on 2 Ray Train workers.
 
     Epoch 0 is dealt in disjoint shards that together are the training set; the run stops 40
-    steps into epoch 1 and is resumed: steps continue from the checkpoint, and each part of the
-    interrupted epoch trains its full count, disjoint across the workers and from the training set.
+    steps into epoch 1 and is resumed for 40 more: steps continue from the checkpoint, and each
+    part of the interrupted epoch trains its full count, disjoint across the workers and from the
+    training set.
     """
     n = 20_000
     config = run_config(
@@ -344,22 +370,22 @@ def test_the_20000_image_folder_trains_on_ray_data_in_disjoint_shards_and_resume
     stop = per_rank + 40
     first = engine.fit({**config, "trainer": {**config["trainer"], "max_steps": stop}}, plugins=ray_workers_env)
     assert first.metrics["step"] == stop
-    resumed = engine.fit(config, plugins=ray_workers_env)
-    assert resumed.metrics["step"] == 2 * per_rank
+    resumed = engine.fit({**config, "trainer": {**config["trainer"], "max_steps": stop + 40}}, plugins=ray_workers_env)
+    assert resumed.metrics["step"] == stop + 40
     run_dir = first.run_dir
 
     def images(rank: int, epoch: int, steps: range) -> list[int]:
         return [i for e, s, idx in seen(run_dir, rank) if e == epoch and s in steps for i in idx]
 
     for r in (0, 1):
-        assert [s for _, s, _ in seen(run_dir, r)] == list(range(2 * per_rank))  # none redone, none skipped
+        assert [s for _, s, _ in seen(run_dir, r)] == list(range(stop + 40))  # none redone, none skipped
     epoch0 = [images(r, 0, range(per_rank)) for r in (0, 1)]
     assert len(epoch0[0]) == len(epoch0[1]) == per_rank * 64
     assert not set(epoch0[0]) & set(epoch0[1])
     assert len(set(epoch0[0]) | set(epoch0[1])) == 2 * per_rank * 64  # nothing twice
     train = set(epoch0[0]) | set(epoch0[1])
     assert VAL_IMAGES <= n - len(train) <= VAL_IMAGES + 2 * 63  # the held-out images, and each shard's dropped tail
-    for part in (range(per_rank, stop), range(stop, 2 * per_rank)):
+    for part in (range(per_rank, stop), range(stop, stop + 40)):
         a, b = (images(r, 1, part) for r in (0, 1))
         assert len(a) == len(b) == len(part) * 64
         assert not set(a) & set(b)
