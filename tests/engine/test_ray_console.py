@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_distributed import epochs_started, run_config, wait_for, worker_env
+from test_distributed import PID_WAIT_S, epochs_started, run_config, wait_for, worker_env
 
 import engine
 from engine.plugins import PluginManager
@@ -45,12 +45,12 @@ def test_a_killed_worker_gets_one_line_and_the_run_goes_on(
     capfd.readouterr()
     with ThreadPoolExecutor(1) as pool:
         future = pool.submit(engine.fit, config, plugins=worker_env)
-        wait_for(lambda: (run_dir / "pid").exists() or future.done(), 240, "rank 1 to write its PID")
+        wait_for(lambda: (run_dir / "pid").exists() or future.done(), PID_WAIT_S, "rank 1 to write its PID")
         if future.done():
             future.result()
             pytest.fail("fit ended before the worker could be killed")
         os.kill(int((run_dir / "pid").read_text()), signal.SIGKILL)
-        result = future.result(timeout=400)
+        result = future.result(timeout=PID_WAIT_S)
     assert result.metrics["epoch"] == 3
     assert [e for e, _ in epochs_started(run_dir)] == [0, 1, 1, 2]
 
