@@ -35,7 +35,7 @@ GAN           the plugin's MLP GAN (latent 64, two hidden layers of 256,
               of 1,000 samples (``metrics.frechet_report``); target ratio ≤ 1.00.
 DCGAN         ``recipes/gan_mnist.py`` (its model, optimizer and batch: DCGAN,
               64 channels, latent 64, Adam 2e-4, betas (0.5, 0.999), batch 64)
-              for 20 epochs with ``trainer.ema_decay=0.999``. One run gives both
+              for 20 epochs with ``trainer.ema_decay=0.999`` (``--ema-decay``). One run gives both
               sides of the EMA bar: the EMA only reads the weights, so the raw
               weights are those of the same run without EMA (tested bit for bit
               in ``tests/engine/test_toolkit.py``). Bars: EMA samples' Fréchet
@@ -190,6 +190,8 @@ class Settings:
     channels: int | None = None
     #: ``--model-set``: model fields laid over every recipe's (a variant measured on the same bars).
     model_set: tuple[tuple[str, Any], ...] = ()
+    #: ``trainer.ema_decay`` of the DCGAN part (``--ema-decay``; with the engine's warm-up ramp).
+    ema_decay: float = 0.999
 
 
 # DCGAN 20 epochs (the EMA bar's budget); the cGAN and AE-GAN recipes' own epochs (20 and 10),
@@ -202,7 +204,6 @@ QUICK = Settings(seeds=(0, 1), vae_epochs=3, ae_epochs=3, gan_epochs=5, dcgan_ep
 SMOKE = Settings(
     seeds=(0, 1), vae_epochs=1, ae_epochs=1, gan_epochs=1, dcgan_epochs=1, aegan_epochs=1, cgan_epochs=1, channels=8
 )
-EMA_DECAY = 0.999
 
 
 def recipe(name: str) -> dict[str, Any]:
@@ -828,7 +829,7 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
         raw, _, averaged = clock.timed(
             "DCGAN",
             "engine (EMA kept)",
-            lambda seed=seed: fit_engine(ctx, fields, optim, s.dcgan_epochs, batch, seed, {"ema_decay": EMA_DECAY}),
+            lambda seed=seed: fit_engine(ctx, fields, optim, s.dcgan_epochs, batch, seed, {"ema_decay": s.ema_decay}),
         )
         assert averaged is not None, "the checkpoint of a run with trainer.ema_decay has no EMA weights"
         t0 = time.perf_counter()
@@ -1044,8 +1045,18 @@ def main(argv: list[str] | None = None) -> None:
         help="a model field (YAML value) laid over the recipes' (dcgan, cgan, aegan), e.g. codes=10 or\n"
         "augment=[translation,cutout]: a variant on the same bars; repeatable",
     )
+    p.add_argument(
+        "--ema-decay",
+        type=float,
+        default=None,
+        help="trainer.ema_decay of the DCGAN part (default 0.999; the warm-up ramp applies)",
+    )
     args = p.parse_args(argv)
     s = SMOKE if args.smoke else QUICK if args.quick else FULL
+    if args.ema_decay is not None:
+        if not 0 < args.ema_decay < 1:
+            p.error(f"--ema-decay must be between 0 and 1 (exclusive), got {args.ema_decay}")
+        s = dataclasses.replace(s, ema_decay=args.ema_decay)
     if args.model_set:
         pairs = [item.partition("=") for item in args.model_set]
         if bad := [k for k, eq, _ in pairs if not eq or not k]:
@@ -1067,7 +1078,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} thread(s), seeds {list(s.seeds)}\n"
         f"  VAE/AE {s.vae_epochs}/{s.ae_epochs} epochs, batch {s.batch}, Adam {s.lr:g}; "
         f"MLP GAN {s.gan_epochs} epochs, batch {s.gan_batch}, Adam {s.gan_lr:g} betas {s.gan_betas}; "
-        f"recipes (their model, optim and batch): gan_mnist (DCGAN, EMA {EMA_DECAY}) {s.dcgan_epochs} epochs, "
+        f"recipes (their model, optim and batch): gan_mnist (DCGAN, EMA {s.ema_decay}) {s.dcgan_epochs} epochs, "
         f"cgan_mnist {s.cgan_epochs}, aegan_mnist {s.aegan_epochs}"
         + (f"; conv channels {s.channels}" if s.channels else "")
         + "".join(f"; model.{k}={v}" for k, v in s.model_set),
