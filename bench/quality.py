@@ -90,7 +90,7 @@ Settings (default / ``--quick``; ``--smoke`` is 1 epoch of everything, 2 seeds, 
 * ``torch.set_num_threads(1)`` on both sides (``--threads``).
 
 The default run needs about 5 hours of CPU time (one thread; the conv recipes are
-most of it, the DCGAN at its own steps about 45 minutes a seed), ``--quick`` about 20
+most of it, the DCGAN at its own steps about 53 minutes a seed), ``--quick`` about 20
 minutes; run parts and seeds side by side with ``--parts`` and ``--seed-list`` (for
 instance ``--parts dcgan_steps --seed-list 0`` next to ``--seed-list 1``). The targets are meant for the default run.
 
