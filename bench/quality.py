@@ -39,8 +39,11 @@ DCGAN         ``recipes/gan_mnist.py`` (its model, optimizer and batch: DCGAN,
               sides of the EMA bar: the EMA only reads the weights, so the raw
               weights are those of the same run without EMA (tested bit for bit
               in ``tests/engine/test_toolkit.py``). Bar: EMA samples' Fréchet
-              distance ≤ 0.80 × the raw weights'. Classifier score and rarest
-              digit are shown as information.
+              distance ≤ 0.80 × the raw weights', both from 9,000 samples
+              against all 9,000 training images (at 1,000 a side the
+              estimator's upward bias, the real-data floor, is as large as the
+              gap measured; the n=1,000 ratio is shown too). Classifier score
+              and rarest digit are shown as information.
 DCGAN steps   the same recipe at its own budget: its global batch (64 × 2
               workers = 128) for its optimizer steps (10 epochs of 54,000
               images: 4,210), here 60 epochs of the 9,000 images (4,200
@@ -160,6 +163,7 @@ from engine.metrics import (  # noqa: E402
     class_histogram,
     classifier_features,
     elbo,
+    frechet_distance,
     frechet_report,
     iwae_bound,
     reconstruction_error,
@@ -176,6 +180,8 @@ EVAL_SEED = 0
 """Seed of every evaluation: ELBO/IWAE noise, the fixed sample noise, the Fréchet subsets."""
 N_SAMPLES = 1000
 """Generated images per Fréchet distance: as many as held-out images, so the floor is at the same n."""
+N_LARGE = 9000
+"""Samples of the EMA bar's Fréchet distance, against all 9,000 training images (``Context.frechet_large``)."""
 T_975 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 """Two-sided 95% Student t quantiles by degrees of freedom (2.0 beyond)."""
 
@@ -246,6 +252,7 @@ class Context:
     out: Path  # the PNG grids
     clf: FeatureClassifier | None = None
     pair: ClassifierPair | None = None
+    train_features: Tensor | None = None  # the feature classifier's features of every training image
 
     def real_spread(self) -> float:
         """Mean pixel std within each class of the held-out images (what a diverse conditional model shows)."""
@@ -262,6 +269,27 @@ class Context:
                 print(f"    withheld: {reason}", flush=True)
                 return math.nan, r["frechet_real_floor"]
         return r["frechet"], r["frechet_real_floor"]
+
+    def frechet_large(self, images: Tensor) -> tuple[float, float]:
+        """``(Fréchet distance, floor)`` of all of ``images`` (``N_LARGE``) against all the training images' features.
+
+        The estimate of a Fréchet distance from ``n`` samples a side is biased upwards by
+        about ``tr(Σ)·(1/n_a + 1/n_b)``: at 1,000 against 1,000 that bias is the real-data
+        floor (1.7 here), as large as the gap between two good generators, and it pulls
+        their ratio towards 1. At 9,000 against 9,000 it is a ninth of that. The floor
+        returned is the 1,000 held-out images against the same 9,000 training images
+        (bias from its 1,000 side only). NaN when the two classifiers disagree.
+        """
+        assert self.clf is not None
+        assert self.pair is not None
+        if self.train_features is None:
+            self.train_features = classifier_features(self.clf, self.train.images)
+        floor = frechet_distance(classifier_features(self.clf, self.held.images), self.train_features)
+        _, reason = self.pair.check(images)
+        if reason is not None:
+            print(f"    withheld: {reason}", flush=True)
+            return math.nan, floor
+        return frechet_distance(classifier_features(self.clf, images), self.train_features), floor
 
     def report(self, images: Tensor, labels: Tensor | None = None) -> dict[str, Any]:
         """:func:`engine.metrics.sample_report`: every sample metric behind the two classifiers' agreement check."""
@@ -868,10 +896,11 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
     fields, optim, batch = recipe_fields(s, cfg), cfg["optim"], cfg["trainer"]["batch_size"]
     decay = dcgan_ema_decay(s)
     ema = Row(
-        "DCGAN + EMA samples Frechet; reference = the same run's raw weights",
+        f"DCGAN + EMA samples Frechet (n={N_LARGE:,} vs all training images); reference = the same run's raw weights",
         target="ratio <= 0.80",
         check=lambda r: r <= 0.8,
     )
+    ema_small = Row(f"DCGAN + EMA samples Frechet (n={N_SAMPLES:,}); reference = the same run's raw weights")
     # The score and coverage bars are on the recipe's own budget (part_dcgan_steps); here they are information.
     score = Row("DCGAN 20 epochs classifier score, raw weights (n=1000); reference = real held-out")
     share = Row("DCGAN 20 epochs rarest digit's share, raw weights; reference = real held-out")
@@ -890,7 +919,15 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
         score.add(r["classifier_score"], r["real_classifier_score"])
         share.add(d.raw_share, smallest_share(ctx, ctx.held.images))
         fd.add(r["frechet"], r["real_frechet"])
-        ema.add(re["frechet"], r["frechet"], r["real_frechet"])
+        ema_small.add(re["frechet"], r["frechet"], r["real_frechet"])
+        assert averaged is not None
+        z = fixed_noise(N_LARGE, raw.config.latent_dim, seed=EVAL_SEED + 1)
+        with torch.no_grad():  # in chunks: 9,000 images' activations at once would take gigabytes
+            (big, floor), (ema_big, _) = (
+                ctx.frechet_large(torch.cat([m.sample(len(c), z=c) for c in z.split(N_SAMPLES)]))
+                for m in (raw, averaged)
+            )
+        ema.add(ema_big, big, floor)
         ema_score.add(re["classifier_score"], r["classifier_score"])
         ema_share.add(d.ema_share, d.raw_share)
         clock.add("DCGAN", "evaluation", time.perf_counter() - t0)
@@ -899,7 +936,8 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
             f"(real {r['real_classifier_score']:.2f}), rarest digit {d.raw_share:.3f}, Frechet {r['frechet']:.2f} "
             f"(real {r['real_frechet']:.2f}); EMA: score {re['classifier_score']:.2f}, rarest digit "
             f"{d.ema_share:.3f}, Frechet {re['frechet']:.2f}; classifiers' disagreement "
-            f"{r['classifier_disagreement']:.3f} / {re['classifier_disagreement']:.3f}",
+            f"{r['classifier_disagreement']:.3f} / {re['classifier_disagreement']:.3f}; n={N_LARGE:,}: Frechet raw "
+            f"{big:.2f}, EMA {ema_big:.2f} (held-out 1,000 against the same 9,000: {floor:.2f})",
             flush=True,
         )
         if seed == s.seeds[0]:
@@ -907,7 +945,7 @@ def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
                 ctx.out / "dcgan_samples.png",
                 [("DCGAN raw weights", d.samples[:64], 8), ("DCGAN EMA weights (same noise)", d.ema_samples[:64], 8)],
             )
-    return [ema, score, share, fd, ema_score, ema_share]
+    return [ema, ema_small, score, share, fd, ema_score, ema_share]
 
 
 MNIST_TRAIN_IMAGES = 60_000
