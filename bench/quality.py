@@ -33,9 +33,10 @@ GAN           the plugin's MLP GAN (latent 64, two hidden layers of 256,
               step, D on ``fake.detach()``, then G. Adam 1e-3, betas
               (0.5, 0.999) for both nets, batch 64. Classifier Fréchet distance
               of 1,000 samples (``metrics.frechet_report``); target ratio ≤ 1.00.
-DCGAN         ``recipes/gan_mnist.py`` (its model, optimizer and batch: DCGAN,
-              64 channels, latent 64, Adam 2e-4, betas (0.5, 0.999), batch 64)
-              for 20 epochs with its ``trainer.ema_decay`` (``--ema-decay``). One run gives both
+DCGAN         ``recipes/gan_mnist.py`` (its model, optimizer and global batch:
+              DCGAN, 64 channels, latent 64, Adam 2e-4, betas (0.5, 0.999),
+              64 × 2 workers = 128, ``--dcgan-batch``) for 20 epochs (1,400
+              steps) with its ``trainer.ema_decay`` (``--ema-decay``). One run gives both
               sides of the EMA bar: the EMA only reads the weights, so the raw
               weights are those of the same run without EMA (tested bit for bit
               in ``tests/engine/test_toolkit.py``). Bar: EMA samples' Fréchet
@@ -210,6 +211,9 @@ class Settings:
     ema_decay: float | None = None
     #: Epochs of the ``dcgan_steps`` part; None: the recipe's optimizer steps (:func:`recipe_steps`).
     dcgan_steps_epochs: int | None = None
+    #: Batch of the ``dcgan`` part (``--dcgan-batch``); None: the recipe's global batch
+    #: (``trainer.batch_size × scaling.num_workers``, what its DDP steps average over).
+    dcgan_batch: int | None = None
 
 
 # DCGAN 20 epochs (the EMA bar's budget); the cGAN and AE-GAN recipes' own epochs (20 and 10),
@@ -892,12 +896,19 @@ def dcgan_ema_decay(s: Settings) -> float:
 
 def part_dcgan(ctx: Context, s: Settings, clock: Clock) -> list[Row]:
     """``recipes/gan_mnist.py`` for 20 epochs with ``trainer.ema_decay``: the EMA bar. Its raw weights are the DCGAN
-    without EMA, its EMA weights the same GAN with it (one run gives both: the EMA never feeds back into training)."""
+    without EMA, its EMA weights the same GAN with it (one run gives both: the EMA never feeds back into training).
+
+    The batch is the recipe's global one (64 × 2 workers: each optimizer step averages 128
+    images' gradients), as in :func:`part_dcgan_steps`; ``--dcgan-batch 64`` gives the one
+    worker's batch that this part used before (2,800 steps of 64 where the default is 1,400 of 128).
+    """
     cfg = recipe("gan_mnist")
-    fields, optim, batch = recipe_fields(s, cfg), cfg["optim"], cfg["trainer"]["batch_size"]
+    fields, optim = recipe_fields(s, cfg), cfg["optim"]
+    batch = s.dcgan_batch or recipe_steps(cfg, len(ctx.train))[0]
     decay = dcgan_ema_decay(s)
     ema = Row(
-        f"DCGAN + EMA samples Frechet (n={N_LARGE:,} vs all training images); reference = the same run's raw weights",
+        f"DCGAN {s.dcgan_epochs} epochs of {batch} + EMA samples Frechet (n={N_LARGE:,} vs all training images); "
+        "reference = the same run's raw weights",
         target="ratio <= 0.80",
         check=lambda r: r <= 0.8,
     )
@@ -1218,6 +1229,12 @@ def main(argv: list[str] | None = None) -> None:
         "augment=[translation,cutout]: a variant on the same bars; repeatable",
     )
     p.add_argument(
+        "--dcgan-batch",
+        type=int,
+        default=None,
+        help="batch of the DCGAN part (default: the recipe's global batch, batch_size x num_workers)",
+    )
+    p.add_argument(
         "--ema-decay",
         type=float,
         default=None,
@@ -1229,6 +1246,10 @@ def main(argv: list[str] | None = None) -> None:
         if not 0 < args.ema_decay < 1:
             p.error(f"--ema-decay must be between 0 and 1 (exclusive), got {args.ema_decay}")
         s = dataclasses.replace(s, ema_decay=args.ema_decay)
+    if args.dcgan_batch is not None:
+        if args.dcgan_batch < 1:
+            p.error(f"--dcgan-batch must be a positive integer, got {args.dcgan_batch}")
+        s = dataclasses.replace(s, dcgan_batch=args.dcgan_batch)
     if args.model_set:
         pairs = [item.partition("=") for item in args.model_set]
         if bad := [k for k, eq, _ in pairs if not eq or not k]:
