@@ -14,7 +14,8 @@ Reconstruction: :func:`reconstruction_error` for anything with ``reconstruct(x)`
 Sample quality, with a small CNN trained on the dataset's labels in place of
 Inception (:class:`FeatureClassifier`, cached on disk):
 
-* :func:`frechet_distance` between two sets of penultimate-layer features;
+* :func:`frechet_distance` between two sets of the classifier's distance features
+  (:func:`classifier_features`: several layers, each at unit scale);
 * :func:`real_data_floor` – the same distance between held-out and training
   images at the same sample size. Fréchet distances are biased upwards at
   small sample sizes and a small classifier's features are not Inception's,

@@ -209,7 +209,7 @@ class SampleMetrics:
         count = n // world + (1 if rank < n % world else 0)
         if count == 0:
             empty = torch.zeros(0)
-            return empty.view(0, pair.main.feature_dim), *(empty.view(0, pair.num_classes),) * 2, empty.long()
+            return empty.view(0, pair.main.distance_dim), *(empty.view(0, pair.num_classes),) * 2, empty.long()
         start = rank * (n // world) + min(rank, n % world)
         labels = (torch.arange(start, start + count) % pair.num_classes) if conditional else None
         # The EMA weights when the run keeps them (trainer.ema_decay), as the sample grids do.

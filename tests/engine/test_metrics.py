@@ -7,6 +7,7 @@ Gaussians; the feature classifier is trained on the ``shapes`` dataset.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from engine import metrics
+from engine.classifier import _blur
 from engine.metrics import FeatureClassifier
 from plugins.datasets.io import make_shapes
 
@@ -271,10 +273,46 @@ def test_real_data_floor_is_far_below_the_distance_of_corrupted_images(
     assert 0 < floor < 0.1 * report["frechet"]
 
 
-def test_classifier_features_have_the_feature_dimension(
+def test_classifier_features_are_every_tapped_layer_at_unit_scale(
     classifier: FeatureClassifier, shapes_data: dict[str, Tensor]
 ) -> None:
     feats = metrics.classifier_features(classifier, shapes_data["held_images"][:10], batch_size=4)
-    assert feats.shape == (10, CLASSIFIER_ARGS["feature_dim"])
+    # Two tapped conv blocks (width, 2·width channels; mean and max of each) and the penultimate layer.
+    width, dim = CLASSIFIER_ARGS["width"], CLASSIFIER_ARGS["feature_dim"]
+    assert classifier.distance_dim == 2 * (width + 2 * width) + dim
+    assert feats.shape == (10, classifier.distance_dim)
+    # The penultimate layer is the last block of the distance features, at its own scale.
+    x = shapes_data["held_images"][:10].float() / 255
+    with torch.no_grad():
+        penultimate = classifier.features(x) / classifier.layer_scale[-1] - classifier.feature_center[-dim:]
+    torch.testing.assert_close(feats[:, -dim:], penultimate)
+    # fit() scaled each layer to unit root mean variance, and centred the whole, on its training images.
+    train = metrics.classifier_features(classifier, shapes_data["images"][:1500]).double()
+    bounds = [0, 2 * width, 2 * width + 4 * width, classifier.distance_dim]
+    for lo, hi in itertools.pairwise(bounds):
+        assert float(train[:, lo:hi].var(0).mean().sqrt()) == pytest.approx(1.0, rel=0.1)
+    assert float(train.mean(0).abs().max()) < 0.2
+
+
+def test_frechet_distance_rises_with_noise_and_blur_from_the_first_light_touch(
+    classifier: FeatureClassifier, shapes_data: dict[str, Tensor]
+) -> None:
+    """Heusel et al.'s disturbance test: the distance to the training images grows with each disturbance's strength."""
+    train, held = shapes_data["images"], shapes_data["held_images"].float() / 255
+    ref = metrics.classifier_features(classifier, train[:1200])
+
+    def distance(images: Tensor) -> float:
+        return metrics.frechet_distance(metrics.classifier_features(classifier, images), ref)
+
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(held.shape, generator=gen)
+    floor = distance(held)
+    noisy = [distance((held + s * noise).clamp(0, 1)) for s in (0.05, 0.1, 0.2)]
+    blurry = [distance(_blur(held, torch.full((len(held),), s))) for s in (0.5, 1.0, 1.5)]
+    assert noisy == sorted(noisy), (floor, noisy)
+    assert blurry == sorted(blurry), (floor, blurry)
+    # Light noise is already visible above the floor, where the penultimate layer alone barely moves.
+    assert noisy[0] >= 1.5 * floor, (floor, noisy)
+    assert blurry[0] >= 3 * floor, (floor, blurry)
     with pytest.raises(ValueError, match="trained on"):
         metrics.classifier_features(classifier, torch.rand(2, 3, 32, 32))
