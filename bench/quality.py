@@ -80,7 +80,10 @@ total variation above 0.15, the figure is NaN and its row says "withheld".
 
 The Fréchet distances use :class:`engine.metrics.FeatureClassifier` trained on
 the 9,000 training images (cached with its check classifier by
-``ClassifierPair.for_dataset``); every one is printed
+``ClassifierPair.for_dataset``), in its distance features: several of its
+layers, so that light noise and blur show (``engine/classifier.py``; figures of
+``bench/QUALITY.md`` dated before 2026-12-06 are in its penultimate layer alone,
+and are not comparable with later ones). Every one is printed
 next to the real-data floor: 1,000 held-out real images against the same 1,000
 training images every model's samples are compared with.
 
